@@ -1,0 +1,283 @@
+"""Typed configuration for a whole run: one YAML file, one section per stage.
+
+Every model forbids unknown keys, so a typo is an error that names the dotted path of the
+field instead of a setting that is silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lmforge.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CorpusConfig(Section):
+    """The embedded demo corpus: generated, seeded, with a ground-truth side file."""
+
+    docs: int = Field(6000, ge=50, description="Number of documents to generate (before noise).")
+    noise_rate: float = Field(
+        0.37, ge=0.0, le=0.95, description="Share of documents that carry planted noise."
+    )
+    seed: int = Field(0, description="Random seed; the same seed gives byte-identical files.")
+    zh_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of Chinese documents.")
+
+
+class SourceConfig(Section):
+    """One input source. `kind: auto` picks the reader from the file extension."""
+
+    path: str = Field(description="File or folder to read (relative paths: to the config file).")
+    kind: Literal["auto", "jsonl", "csv", "tsv", "sqlite", "html", "text"] = "auto"
+    name: str | None = Field(None, description="Source name recorded in lineage; default: stem.")
+    text_field: str = Field("text", description="Field holding the text (jsonl/csv/sqlite).")
+    id_field: str = Field("id", description="Field holding the record id, kept as is.")
+    label_field: str = Field("label", description="Field holding the class label, if any.")
+    table: str | None = Field(None, description="SQLite table to read (sqlite sources).")
+    query: str | None = Field(None, description="SQL query to run instead of a whole table.")
+    template: str | None = Field(
+        None,
+        description="Render structured records to text, e.g. '{product}: {comment}'. "
+        "Fields not in the template are kept in meta.",
+    )
+
+
+class DataConfig(Section):
+    """The cleaning line: normalise, filter, dedup, mask PII, write Parquet shards."""
+
+    sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="Inputs; empty means the generated demo corpus of this run.",
+    )
+    min_chars: int = Field(8, ge=0, description="Drop documents shorter than this (after cleanup).")
+    max_chars: int = Field(20000, ge=1, description="Drop documents longer than this.")
+    min_letter_ratio: float = Field(
+        0.5, ge=0.0, le=1.0, description="Minimum share of letters/CJK among non-space chars."
+    )
+    max_repeated_ngram_ratio: float = Field(
+        0.3, ge=0.0, le=1.0, description="Drop texts where one repeated n-gram covers more."
+    )
+    languages: list[str] = Field(
+        default_factory=lambda: ["zh", "en"], description="Languages to keep (zh, en)."
+    )
+    dedup: bool = Field(True, description="Remove exact duplicates (normalised-text hash).")
+    pii: Literal["mask", "off"] = Field("mask", description="Mask PII with typed placeholders.")
+    shard_docs: int = Field(5000, ge=1, description="Documents per output Parquet shard.")
+    ground_truth: str | None = Field(
+        None,
+        description="Ground-truth side file (jsonl) to measure noise before/after; "
+        "default: the generated corpus's, when there is one.",
+    )
+
+
+class ModelConfig(Section):
+    """A small transformer encoder classifier."""
+
+    d_model: int = Field(128, ge=8)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(4, ge=1)
+    d_ff: int = Field(256, ge=8)
+    max_len: int = Field(128, ge=8, description="Longest token sequence; longer texts truncate.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
+            )
+        return self
+
+
+class TokenizerConfig(Section):
+    vocab_size: int = Field(8000, ge=100, description="WordPiece vocabulary size.")
+    min_frequency: int = Field(2, ge=1)
+
+
+class TrainConfig(Section):
+    """Single-process training of the classifier (the loop itself is model-agnostic)."""
+
+    model_name: str = Field("demo-classifier", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    batch_size: int = Field(32, ge=1)
+    max_steps: int = Field(600, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Cosine floor as a share of lr.")
+    grad_clip: float = Field(1.0, ge=0.0, description="Max gradient norm; 0 disables.")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Held-out share for eval.")
+    eval_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    seed: int = 0
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = library default.")
+
+
+class CompressConfig(Section):
+    method: Literal["int8_dynamic"] = "int8_dynamic"
+    latency_batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    latency_repeats: int = Field(30, ge=1, description="Timed repetitions per batch size.")
+    eval_limit: int = Field(0, ge=0, description="Cap on eval documents; 0 = all.")
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model: str | None = Field(None, description="Model name to serve; default: the only one.")
+    max_texts: int = Field(64, ge=1, description="Most texts in one request.")
+    max_chars: int = Field(4000, ge=1, description="Longest accepted text, in characters.")
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+
+
+class BenchConfig(Section):
+    duration_s: float = Field(10.0, gt=0.0)
+    concurrency: int = Field(8, ge=1)
+    texts_per_request: int = Field(1, ge=1)
+    warmup_s: float = Field(1.0, ge=0.0)
+
+
+class RunConfig(Section):
+    """A whole run. `workdir` holds every stage's artifacts and the model registry."""
+
+    workdir: str = "runs/demo"
+    corpus: CorpusConfig | None = Field(
+        None, description="Generate the embedded demo corpus as the data stage's input."
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    def section_hash(self, name: str) -> str:
+        """Content hash of one section, used to decide whether a stage must rerun."""
+        section = getattr(self, name)
+        payload = json.dumps(
+            None if section is None else section.model_dump(mode="json"), sort_keys=True
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+        parent = _model_at(RunConfig, [p for p in first["loc"][:-1] if isinstance(p, str)])
+        if parent is not None:
+            msg += f"; allowed here: {', '.join(sorted(parent.model_fields))}"
+    elif first["type"] == "literal_error" and "expected" in first.get("ctx", {}):
+        msg = f"must be one of {first['ctx']['expected']}"
+    extra = f" ({len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) or first["type"] == "missing" else f", got {got!r}"
+    return f"config field '{path}': {msg}{shown}{extra}"
+
+
+def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    for key in path:
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse one `--set a.b.c=value`; the value is read as YAML (numbers, lists, booleans)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {item!r}: empty key; use a dotted path like train.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Load YAML (or start from `base`), apply `--set` overrides, validate.
+
+    Relative source paths and `workdir` resolve against the config file's folder.
+    """
+    raw: dict[str, Any] = dict(base or {})
+    root = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {path} is not valid YAML{where}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, not a list")
+        raw.update(loaded)
+        root = path.resolve().parent
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+    return _resolve_paths(cfg, root)
+
+
+def _resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:
+    if not Path(cfg.workdir).is_absolute():
+        cfg.workdir = str((root / cfg.workdir).resolve())
+    for source in cfg.data.sources:
+        if not Path(source.path).is_absolute():
+            source.path = str((root / source.path).resolve())
+    if cfg.data.ground_truth and not Path(cfg.data.ground_truth).is_absolute():
+        cfg.data.ground_truth = str((root / cfg.data.ground_truth).resolve())
+    return cfg
+
+
+def config_schema() -> dict[str, Any]:
+    return RunConfig.model_json_schema()
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
