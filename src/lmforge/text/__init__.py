@@ -1,0 +1,1 @@
+"""Text utilities shared by the data and training stages."""
