@@ -91,9 +91,7 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
         if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
-            )
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         return self
 
 
@@ -171,7 +169,7 @@ class RunConfig(Section):
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
     path = ".".join(str(p) for p in first["loc"]) or "<root>"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
         parent = _model_at(RunConfig, [p for p in first["loc"][:-1] if isinstance(p, str)])
@@ -181,7 +179,8 @@ def _format_error(err: ValidationError) -> str:
         msg = f"must be one of {first['ctx']['expected']}"
     extra = f" ({len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     got = first.get("input")
-    shown = "" if isinstance(got, dict) or first["type"] == "missing" else f", got {got!r}"
+    hide = isinstance(got, dict) or first["type"] in ("missing", "extra_forbidden")
+    shown = "" if hide else f", got {got!r}"
     return f"config field '{path}': {msg}{shown}{extra}"
 
 

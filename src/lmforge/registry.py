@@ -143,9 +143,7 @@ class ModelRegistry:
             old = conn.execute(
                 "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
             ).fetchone()
-            conn.execute(
-                "INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)", (name, alias, version)
-            )
+            conn.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)", (name, alias, version))
             conn.execute(
                 "INSERT INTO alias_history VALUES (?, ?, ?, ?, ?)",
                 (name, alias, old[0] if old else None, version, time.time()),

@@ -32,14 +32,18 @@ def luhn_valid(number: str) -> bool:
 
 def cn_id_check_char(first17: str) -> str:
     """Check character (0-9 or X) of an 18-character Chinese resident identity number."""
-    total = sum(int(d) * w for d, w in zip(first17, _CN_ID_WEIGHTS))
+    total = sum(int(d) * w for d, w in zip(first17[:17], _CN_ID_WEIGHTS, strict=True))
     return _CN_ID_CHECK[total % 11]
 
 
 def cn_id_valid(value: str) -> bool:
     """18 characters, a real birth date (YYYYMMDD at 7-14), and the ISO 7064 check char."""
     value = value.upper()
-    if len(value) != 18 or not value[:17].isdigit() or not (value[17].isdigit() or value[17] == "X"):
+    if (
+        len(value) != 18
+        or not value[:17].isdigit()
+        or not (value[17].isdigit() or value[17] == "X")
+    ):
         return False
     try:
         born = _dt.date(int(value[6:10]), int(value[10:12]), int(value[12:14]))

@@ -1,0 +1,308 @@
+"""The `lmforge` command line: one command per stage, plus `demo` and `run` for all of them.
+
+Heavy modules (torch, the server) are imported inside commands so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from lmforge.config import RunConfig, config_schema, dump_config, load_config
+from lmforge.errors import LmforgeError, StageError
+from lmforge.pipeline import STAGE_NAMES, run_pipeline, run_stage, stage_spec
+
+try:  # typer >= 0.20 vendors click; older releases use the click package
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="lmforge",
+    help="From raw multi-source text to a measured, monitored model service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="The data stage: read, clean, dedup, mask PII.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
+registry_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+app.add_typer(registry_app, name="registry")
+
+ConfigArg = Annotated[
+    Path | None, typer.Argument(help="Run config (YAML). Default: built-in defaults.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: --set train.lr=3e-4 (repeatable)."),
+]
+WorkdirOpt = Annotated[
+    Path | None, typer.Option("--workdir", "-w", help="Run directory (overrides `workdir`).")
+]
+
+
+def _load(config: Path | None, sets: list[str] | None, workdir: Path | None) -> RunConfig:
+    overrides = list(sets or [])
+    if workdir is not None:
+        overrides.append(f"workdir={Path(workdir).resolve()}")
+    return load_config(config, overrides)
+
+
+def _run_one(stage: str, cfg: RunConfig) -> dict[str, Any]:
+    from lmforge.workspace import Workspace
+
+    ws = Workspace(cfg.workdir)
+    _check_prerequisites(stage, cfg, ws)
+    _, result = run_stage(stage_spec(stage), cfg, ws, console, force=True)
+    return result.summary if result else {}
+
+
+_PREREQUISITES = {"train": "data", "compress": "train", "bench": "train", "report": "data"}
+
+
+def _check_prerequisites(stage: str, cfg: RunConfig, ws: Any) -> None:
+    needed = _PREREQUISITES.get(stage)
+    if stage == "data" and cfg.corpus is not None and not cfg.data.sources:
+        needed = "corpus"
+    if needed and not ws.is_complete(needed):
+        command = "lmforge run CONFIG --only corpus" if needed == "corpus" else f"lmforge {needed}"
+        raise StageError(
+            f"stage '{stage}' needs the '{needed}' stage's output in {ws.root}, which is missing; "
+            f"run `{command}` first (or `lmforge run CONFIG` for everything)"
+        )
+
+
+def _print_summary(summaries: dict[str, dict[str, Any]], workdir: str) -> None:
+    from lmforge.report.summary_table import summary_table
+
+    console.print(summary_table(summaries))
+    report = Path(workdir) / "report.html"
+    if report.exists():
+        console.print(f"report: [bold]{report}[/bold]  (numbers in {report.with_suffix('.json')})")
+
+
+@app.command()
+def demo(
+    workdir: WorkdirOpt = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A smaller corpus and model: about 2 minutes.")
+    ] = False,
+    sets: SetOpt = None,
+    force: Annotated[
+        list[str] | None, typer.Option("--force", help="Rerun this stage even if up to date.")
+    ] = None,
+) -> None:
+    """Run the whole lifecycle on the embedded, generated corpus (no GPU, no network)."""
+    from lmforge.config import apply_overrides
+    from lmforge.presets import demo_preset
+
+    raw = demo_preset(quick)
+    extra = list(sets or [])
+    if workdir is not None:
+        extra.append(f"workdir={Path(workdir).resolve()}")
+    cfg = load_config(base=apply_overrides(raw, []), overrides=extra)
+    console.print(
+        f"[bold]lmforge demo[/bold] ({'quick' if quick else 'full'}): "
+        f"{cfg.corpus.docs if cfg.corpus else 0} generated documents -> {cfg.workdir}"
+    )
+    summaries = run_pipeline(cfg, console, force=force or ())
+    _print_summary(summaries, cfg.workdir)
+
+
+@app.command("run")
+def run_all(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML).")],
+    sets: SetOpt = None,
+    workdir: WorkdirOpt = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option("--force", help=f"Rerun this stage even if up to date: {STAGE_NAMES}."),
+    ] = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Run only these stages (repeatable).")
+    ] = None,
+) -> None:
+    """Run all stages of CONFIG; stages whose inputs and config did not change are skipped."""
+    cfg = _load(config, sets, workdir)
+    summaries = run_pipeline(cfg, console, force=force or (), only=only)
+    _print_summary(summaries, cfg.workdir)
+
+
+@data_app.command("run")
+def data_run(config: ConfigArg = None, sets: SetOpt = None, workdir: WorkdirOpt = None) -> None:
+    """Run the data stage of a run config into WORKDIR/data."""
+    summary = _run_one("data", _load(config, sets, workdir))
+    _print_summary({"data": summary}, "")
+
+
+@data_app.command("clean")
+def data_clean(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Files or folders (jsonl, csv, tsv, sqlite, html, txt).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Run config; its `data` section is used.")
+    ] = None,
+    sets: SetOpt = None,
+    ground_truth: Annotated[
+        Path | None, typer.Option("--ground-truth", help="Ground-truth jsonl to measure noise.")
+    ] = None,
+) -> None:
+    """Clean INPUT files into OUT/clean and OUT/rejected Parquet shards with OUT/stats.json."""
+    from lmforge.data.clean import clean_sources, sources_from_paths
+
+    cfg = _load(config, sets, None)
+    stats = clean_sources(
+        sources_from_paths(inputs), Path(out), cfg.data, console, ground_truth=ground_truth
+    )
+    _print_summary({"data": stats}, "")
+    console.print(f"wrote {out}/clean, {out}/rejected and {out}/stats.json")
+
+
+@app.command()
+def train(config: ConfigArg = None, sets: SetOpt = None, workdir: WorkdirOpt = None) -> None:
+    """Train the tokenizer and classifier on WORKDIR/data; register the model."""
+    _print_summary({"train": _run_one("train", _load(config, sets, workdir))}, "")
+
+
+@app.command()
+def compress(config: ConfigArg = None, sets: SetOpt = None, workdir: WorkdirOpt = None) -> None:
+    """Quantise the production model; measure size, latency and accuracy before and after."""
+    _print_summary({"compress": _run_one("compress", _load(config, sets, workdir))}, "")
+
+
+@app.command()
+def serve(
+    registry: Annotated[
+        Path | None, typer.Option("--registry", "-r", help="Registry folder (WORKDIR/registry).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (default: the only one).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Run config; `serve` section used.")
+    ] = None,
+    sets: SetOpt = None,
+) -> None:
+    """Serve the registry's production model over HTTP (POST /v1/predict)."""
+    from lmforge.serve.server import run_server
+
+    overrides = list(sets or [])
+    for key, value in (("host", host), ("port", port), ("model", model)):
+        if value is not None:
+            overrides.append(f"serve.{key}={value}")
+    cfg = load_config(config, overrides)
+    registry_dir = registry if registry is not None else Path(cfg.workdir) / "registry"
+    run_server(Path(registry_dir), cfg.serve, console=console)
+
+
+@app.command()
+def bench(
+    config: ConfigArg = None,
+    sets: SetOpt = None,
+    workdir: WorkdirOpt = None,
+    url: Annotated[
+        str | None, typer.Option(help="Load an already running server instead of starting one.")
+    ] = None,
+    duration: Annotated[float | None, typer.Option(help="Seconds of load.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Concurrent clients.")] = None,
+) -> None:
+    """Start the server on WORKDIR/registry, drive concurrent load, report latency percentiles."""
+    overrides = list(sets or [])
+    if duration is not None:
+        overrides.append(f"bench.duration_s={duration}")
+    if concurrency is not None:
+        overrides.append(f"bench.concurrency={concurrency}")
+    cfg = _load(config, overrides, workdir)
+    if url is not None:
+        from lmforge.bench.loadgen import default_texts, run_bench
+
+        result = run_bench(url, cfg.bench, default_texts())
+        console.print_json(json.dumps(result))
+        return
+    _print_summary({"bench": _run_one("bench", cfg)}, "")
+
+
+@app.command()
+def report(config: ConfigArg = None, sets: SetOpt = None, workdir: WorkdirOpt = None) -> None:
+    """Write WORKDIR/report.json and WORKDIR/report.html from the stages' outputs."""
+    cfg = _load(config, sets, workdir)
+    summary = _run_one("report", cfg)
+    console.print(f"report: [bold]{summary.get('html')}[/bold]")
+
+
+@config_app.command("show")
+def config_show(config: ConfigArg = None, sets: SetOpt = None) -> None:
+    """Print the resolved config (file + overrides + defaults) as YAML."""
+    console.print(dump_config(load_config(config, sets or [])), markup=False, highlight=False)
+
+
+@config_app.command("schema")
+def config_schema_cmd() -> None:
+    """Print the JSON schema of the run config."""
+    console.print_json(json.dumps(config_schema()))
+
+
+@registry_app.command("list")
+def registry_list(
+    registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")] = Path(
+        "runs/demo/registry"
+    ),
+) -> None:
+    """List models, versions, aliases and their metrics."""
+    from rich.table import Table
+
+    from lmforge.registry import ModelRegistry
+
+    reg = ModelRegistry(registry, create=False)
+    table = Table("model", "version", "aliases", "metrics", "hash")
+    for v in reg.versions():
+        shown = ", ".join(f"{k}={_fmt(val)}" for k, val in list(v.metrics.items())[:6])
+        table.add_row(v.name, str(v.version), ", ".join(v.aliases), shown, v.content_hash[:12])
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors print one line and exit 2; Ctrl-C exits 130 and can resume."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        result = app(args=args, prog_name="lmforge", standalone_mode=False)
+    except click_exc.NoArgsIsHelpError:
+        return 2  # the help text was already printed
+    except click_exc.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        _error(f"{exc.format_message()}{hint}")
+        return 2
+    except click_exc.ClickException as exc:
+        _error(exc.format_message())
+        return exc.exit_code
+    except LmforgeError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except (KeyboardInterrupt, click_exc.Abort):
+        _error("interrupted; rerun the same command to resume where it stopped")
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Request checks for the prediction API: every bad input becomes a 4xx with a JSON reason.
+
+Parsing is done by hand rather than through a pydantic body model so each mistake gets its own
+status (400 for bytes that are not JSON, 413 for an oversized body, 422 for a well-formed body
+with the wrong shape) and a message that names the offending field, index and limit.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from lmforge.config import ServeConfig
+
+ALLOWED_FIELDS = ("texts",)
+EXAMPLE = '{"texts": ["some text"]}'
+
+
+class RequestError(Exception):
+    """A client mistake, answered as `{"error": {"code", "message"}}` with `status`."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """Read the body, refusing (413) as soon as it passes `max_bytes`, declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(int(declared), max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(size, max_bytes, at_least=True)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int, at_least: bool = False) -> RequestError:
+    got = f"at least {size}" if at_least else str(size)
+    return RequestError(
+        413,
+        "payload_too_large",
+        f"request body is {got} bytes; the limit is {limit} bytes (serve.max_body_bytes); "
+        "send fewer or shorter texts per request",
+    )
+
+
+def parse_predict_body(body: bytes, cfg: ServeConfig) -> list[str]:
+    """Decode and check a `/v1/predict` body; return the texts to classify."""
+    if not body.strip():
+        raise RequestError(400, "invalid_json", f"request body is empty; send JSON like {EXAMPLE}")
+    try:
+        payload: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
+        raise RequestError(
+            400, "invalid_json", f"request body is not valid UTF-8 JSON{where}; send {EXAMPLE}"
+        ) from None
+    if not isinstance(payload, dict):
+        raise RequestError(
+            422,
+            "invalid_request",
+            f"request body must be a JSON object like {EXAMPLE}, got {_json_type(payload)}",
+        )
+    unknown = sorted(set(payload) - set(ALLOWED_FIELDS))
+    if unknown:
+        raise RequestError(
+            422,
+            "invalid_request",
+            f"unknown field {unknown[0]!r}; allowed fields: {', '.join(ALLOWED_FIELDS)}",
+        )
+    if "texts" not in payload:
+        raise RequestError(422, "invalid_request", f"missing field 'texts'; send {EXAMPLE}")
+    texts = payload["texts"]
+    if not isinstance(texts, list):
+        raise RequestError(
+            422,
+            "invalid_request",
+            f"'texts' must be a list of strings, got {_json_type(texts)}; send {EXAMPLE}",
+        )
+    if not texts:
+        raise RequestError(422, "empty_texts", "'texts' is empty; send at least one text")
+    if len(texts) > cfg.max_texts:
+        raise RequestError(
+            422,
+            "too_many_texts",
+            f"'texts' has {len(texts)} items; the limit is {cfg.max_texts} per request "
+            "(serve.max_texts); split the batch",
+        )
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestError(
+                422,
+                "invalid_request",
+                f"texts[{i}] must be a string, got {_json_type(text)}",
+            )
+        if len(text) > cfg.max_chars:
+            raise RequestError(
+                422,
+                "text_too_long",
+                f"texts[{i}] has {len(text)} characters; the limit is {cfg.max_chars} "
+                "(serve.max_chars); shorten or split it",
+            )
+    return texts
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
