@@ -29,7 +29,7 @@ def test_versions_aliases_and_history(tmp_path):
 def test_pickle_files_are_refused(tmp_path):
     folder = model_folder(tmp_path)
     (folder / "model.bin").write_bytes(b"\x80\x04")
-    with pytest.raises(RegistryError, match="model.bin"):
+    with pytest.raises(RegistryError, match=r"model\.bin"):
         ModelRegistry(tmp_path / "reg").register("clf", folder)
 
 

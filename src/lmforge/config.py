@@ -126,6 +126,9 @@ class CompressConfig(Section):
     latency_batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
     latency_repeats: int = Field(30, ge=1, description="Timed repetitions per batch size.")
     eval_limit: int = Field(0, ge=0, description="Cap on eval documents; 0 = all.")
+    threads: int = Field(
+        1, ge=1, description="torch CPU threads while timing, fixed so before/after compare."
+    )
 
 
 class ServeConfig(Section):
@@ -135,6 +138,9 @@ class ServeConfig(Section):
     max_texts: int = Field(64, ge=1, description="Most texts in one request.")
     max_chars: int = Field(4000, ge=1, description="Longest accepted text, in characters.")
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_batch_texts: int = Field(
+        64, ge=1, description="Most texts merged from queued requests into one model call."
+    )
 
 
 class BenchConfig(Section):

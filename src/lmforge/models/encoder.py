@@ -131,7 +131,9 @@ class EncoderClassifier(nn.Module):
         mask = attention_mask.bool()  # (B, T)
         pos = torch.arange(T, device=input_ids.device)
         x = self.emb_dropout(self.tok_emb(input_ids) + self.pos_emb(pos))  # (B, T, C)
-        key_mask = mask[:, None, None, :]  # (B, 1, 1, T), broadcast over heads and queries
+        # A row with no real token would softmax over nothing (NaN); let it attend everywhere.
+        attend = mask | ~mask.any(dim=1, keepdim=True)
+        key_mask = attend[:, None, None, :]  # (B, 1, 1, T), broadcast over heads and queries
         for block in self.blocks:
             x = block(x, key_mask)
         x = self.ln_final(x)

@@ -1,0 +1,73 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lmforge.cli import main
+
+COMMANDS = [
+    [],
+    ["demo"],
+    ["run"],
+    ["data"],
+    ["data", "run"],
+    ["data", "clean"],
+    ["train"],
+    ["compress"],
+    ["serve"],
+    ["bench"],
+    ["report"],
+    ["config"],
+    ["config", "show"],
+    ["config", "schema"],
+    ["registry"],
+    ["registry", "list"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "lmforge")
+def test_every_command_has_help(command, capsys):
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage" in out
+
+
+def test_usage_error_is_one_line_with_exit_2(capsys):
+    assert main(["demo", "--no-such-flag"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--no-such-flag" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_invalid_override_is_one_line_with_exit_2(capsys):
+    assert main(["config", "show", "--set", "train.batch_size=-4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train.batch_size" in err and len(err.splitlines()) == 1
+
+
+def test_config_show_prints_resolved_values(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  max_steps: 7\n")
+    assert main(["config", "show", str(cfg), "--set", "bench.concurrency=3"]) == 0
+    out = capsys.readouterr().out
+    assert "max_steps: 7" in out and "concurrency: 3" in out and "d_model: 128" in out
+
+
+def test_config_schema_is_json_schema(capsys):
+    assert main(["config", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert set(schema["properties"]) >= {"data", "train", "compress", "serve", "bench"}
+
+
+def test_stage_without_its_input_names_the_missing_stage(tmp_path, capsys):
+    assert main(["train", "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "needs the 'data' stage" in err and "lmforge data" in err
+
+
+def test_module_entry_point_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmforge", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "demo" in proc.stdout
