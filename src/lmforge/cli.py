@@ -298,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as exc:
         _error(str(exc))
         return exc.exit_code
-    except (KeyboardInterrupt, click_exc.Abort):
+    except (KeyboardInterrupt, typer.Abort):
+        result = 130
+    if result == 130:  # typer turns Ctrl-C into exit code 130
         _error("interrupted; rerun the same command to resume where it stopped")
-        return 130
     return result if isinstance(result, int) else 0
 
 

@@ -14,6 +14,11 @@ class Document:
     `meta` holds lineage (`source`, `file`, `row` or `offset`, `table`) and the fields of
     structured records that were not rendered into the text. `original_text` is set the
     first time a step rewrites the text, so a rejected document can be stored as it was read.
+
+    `content` is the free-text part of a record rendered from a template (the `text_field`
+    value inside "{product} ({category}): {comment}"): quality and language filters judge it
+    rather than the rendered text, whose fixed scaffolding would make an empty or foreign
+    comment look like a fine document. None means the whole text is content.
     """
 
     id: str
@@ -23,12 +28,18 @@ class Document:
     lang: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     original_text: str | None = None
+    content: str | None = None
 
     def set_text(self, text: str) -> None:
         if text != self.text:
             if self.original_text is None:
                 self.original_text = self.text
             self.text = text
+
+    @property
+    def judged_text(self) -> str:
+        """The text quality filters look at."""
+        return self.text if self.content is None else self.content
 
     @property
     def raw_text(self) -> str:

@@ -123,13 +123,13 @@ class EncoderClassifier(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        B, T = input_ids.shape
-        if T > self.config.max_len:
+        seq_len = input_ids.shape[1]
+        if seq_len > self.config.max_len:
             raise ValueError(
-                f"sequence length {T} exceeds max_len={self.config.max_len}; truncate the input"
+                f"sequence length {seq_len} exceeds max_len={self.config.max_len}; truncate it"
             )
         mask = attention_mask.bool()  # (B, T)
-        pos = torch.arange(T, device=input_ids.device)
+        pos = torch.arange(seq_len, device=input_ids.device)
         x = self.emb_dropout(self.tok_emb(input_ids) + self.pos_emb(pos))  # (B, T, C)
         # A row with no real token would softmax over nothing (NaN); let it attend everywhere.
         attend = mask | ~mask.any(dim=1, keepdim=True)

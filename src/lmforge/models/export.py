@@ -236,8 +236,7 @@ def load_model_dir(
     model = EncoderClassifier(encoder_config_from(config))
     model.eval()
     if stored == "int8_dynamic" and wanted == "int8_dynamic":
-        model = quantize_int8_dynamic(model)
-        _load_quantized(model, tensors, model_dir)
+        model = _load_quantized(model, tensors, model_dir)
     else:
         if stored == "int8_dynamic":
             tensors = _dequantize(tensors)
@@ -273,43 +272,55 @@ def _dequantize(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_quantized(model: nn.Module, tensors: dict[str, torch.Tensor], model_dir: Path) -> None:
-    qlinear = _dynamic_linear_type()
-    used: set[str] = set()
-    qnames: list[str] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, qlinear):
-            continue
-        qnames.append(name)
-        keys = [f"{name}.weight", f"{name}.weight_scale", f"{name}.weight_zero_point"]
-        if any(k not in tensors for k in keys):
-            raise ModelFormatError(f"{model_dir / 'model.safetensors'} lacks int8 layer {name}")
-        int8, scale, zero_point = (tensors[k] for k in keys)
-        bias = tensors.get(f"{name}.bias")
-        used.update(keys + [f"{name}.bias"])
-        exact = (int8.to(torch.float64) - zero_point[:, None]) * scale[:, None]
+def _load_quantized(
+    model: EncoderClassifier, tensors: dict[str, torch.Tensor], model_dir: Path
+) -> EncoderClassifier:
+    """Load the float tensors into `model`, quantise it, then put the stored int8 weights in."""
+    where = model_dir / "model.safetensors"
+    int8_layers = sorted(k.removesuffix(".weight_scale") for k in tensors if k.endswith("_scale"))
+    owned = {
+        f"{n}.{s}"
+        for n in int8_layers
+        for s in ("weight", "weight_scale", "weight_zero_point", "bias")
+    }
+    try:
+        missing, unexpected = model.load_state_dict(
+            {k: v for k, v in tensors.items() if k not in owned}, strict=False
+        )
+    except RuntimeError as exc:
+        raise ModelFormatError(f"{where} does not match config.json: {exc}") from exc
+    missing = [k for k in missing if k not in owned]
+    if missing or unexpected:
+        raise ModelFormatError(
+            f"{where} does not match config.json: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    qmodel = quantize_int8_dynamic(model)
+    qlayers = {n: m for n, m in qmodel.named_modules() if isinstance(m, _dynamic_linear_type())}
+    if sorted(qlayers) != int8_layers:
+        raise ModelFormatError(
+            f"{where} holds int8 layers {int8_layers[:5]}, the model has {sorted(qlayers)[:5]}"
+        )
+    for name, module in qlayers.items():
+        int8 = tensors[f"{name}.weight"]
+        scale = tensors[f"{name}.weight_scale"]
+        zero_point = tensors[f"{name}.weight_zero_point"]
+        if tuple(int8.shape) != (module.out_features, module.in_features):
+            raise ModelFormatError(
+                f"{where}: layer {name} is {tuple(int8.shape)}, config.json implies "
+                f"{(module.out_features, module.in_features)}"
+            )
+        # Values on the int8 grid survive the float round trip exactly.
+        grid = ((int8.to(torch.float64) - zero_point[:, None]) * scale[:, None]).float()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # quantize_per_* deprecation notice
             if scale.numel() == 1:
                 qweight = torch.quantize_per_tensor(
-                    exact.float(), float(scale), int(zero_point), torch.qint8
+                    grid, float(scale), int(zero_point), torch.qint8
                 )
             else:
                 qweight = torch.quantize_per_channel(
-                    exact.float(), scale, zero_point, axis=0, dtype=torch.qint8
+                    grid, scale, zero_point, axis=0, dtype=torch.qint8
                 )
-        module.set_weight_bias(qweight, bias)
-    rest = {k: v for k, v in tensors.items() if k not in used}
-    try:
-        missing, unexpected = model.load_state_dict(rest, strict=False)
-    except RuntimeError as exc:
-        raise ModelFormatError(
-            f"{model_dir / 'model.safetensors'} does not match config.json: {exc}"
-        ) from exc
-    # A dynamic int8 Linear also owns packed params and an unused activation scale/zero point.
-    missing = [k for k in missing if not any(k.startswith(q + ".") for q in qnames)]
-    if missing or unexpected:
-        raise ModelFormatError(
-            f"{model_dir / 'model.safetensors'} does not match config.json: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+        module.set_weight_bias(qweight, tensors.get(f"{name}.bias"))
+    return qmodel

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +144,7 @@ def create_app(registry_dir: Path, cfg: ServeConfig, preload: bool = True) -> Fa
     return app
 
 
-def _predict_fn(state: ModelState):
+def _predict_fn(state: ModelState) -> Callable[[list[str]], list[Any]]:
     def run(texts: list[str]) -> list[Any]:
         return state.classifier.predict(texts)
 
@@ -184,7 +184,9 @@ def _plain(prediction: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None):
+def _error(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )

@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmforge.serve.metrics import ServeMetrics
@@ -24,6 +25,7 @@ REQUEST_ID_HEADER = "x-request-id"
 # or blow up log lines.
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 UNMATCHED_ROUTE = "unmatched"
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request", used in metrics only
 
 
 def request_id_from(scope: Scope) -> str:
@@ -58,6 +60,8 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED  # nobody is left to answer; not a server fault
         except Exception:
             log.exception("unhandled error in %s %s", scope["method"], scope["path"])
             if response_started:

@@ -42,7 +42,9 @@ def check_registry(registry_dir: Path) -> Path:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to (host, port), ready for uvicorn; port 0 picks a free one."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio turns on TCP_NODELAY only for sockets that do, and without it
+    # Nagle's algorithm plus delayed ACKs add ~40 ms to every response.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     # Same option uvicorn sets: a listener on the port still blocks us, a TIME_WAIT does not.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

@@ -59,7 +59,9 @@ def parse_predict_body(body: bytes, cfg: ServeConfig) -> list[str]:
         raise RequestError(400, "invalid_json", f"request body is empty; send JSON like {EXAMPLE}")
     try:
         payload: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise RequestError(400, "invalid_json", "request body JSON is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: also over-long int literals
         where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
         raise RequestError(
             400, "invalid_json", f"request body is not valid UTF-8 JSON{where}; send {EXAMPLE}"

@@ -1,0 +1,43 @@
+"""HTML page reader: one document per page, main text only, id and label from <meta>."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from lmforge.config import SourceConfig
+from lmforge.data.document import Document, Malformed, derived_id
+from lmforge.data.htmltext import extract_html
+
+_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?([A-Za-z0-9_-]+)""", re.IGNORECASE)
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    declared = _CHARSET.search(data[:4096])
+    if declared:
+        try:
+            return data.decode(declared.group(1).decode("ascii"), errors="replace")
+        except LookupError:
+            pass
+    return data.decode("utf-8", errors="replace")
+
+
+def read_html(path: Path, rel: str, src: SourceConfig, name: str) -> Iterator[Document | Malformed]:
+    """The rejected shards keep the page's markup as its original text, so what the extractor
+    dropped can be inspected."""
+    markup = _decode(path.read_bytes())
+    content = extract_html(markup)
+    lineage = {"source": name, "reader": "html", "file": str(path)}
+    doc_id = content.meta.get(src.id_field.lower()) or derived_id(name, rel, 0)
+    label = content.meta.get(src.label_field.lower()) or None
+    meta = dict(lineage)
+    if content.title:
+        meta["title"] = content.title
+    doc = Document(id=doc_id, text=content.text, source=name, label=label, meta=meta)
+    doc.original_text = markup
+    yield doc

@@ -1,0 +1,1 @@
+"""Cleaning steps: each a generator over documents that yields the kept ones."""

@@ -1,0 +1,65 @@
+"""Normalization: mojibake repair, leftover markup, NFKC, control characters, whitespace."""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+
+from lmforge.data.document import Document
+from lmforge.data.htmltext import extract_html, looks_like_html
+from lmforge.data.mojibake import repair_mojibake
+from lmforge.data.steps.base import Transform
+
+_ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+# C0/C1 controls except tab and newline, plus invisible format characters (zero-width
+# spaces, word joiner, BOM, soft hyphen) that split words without showing.
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2060\ufeff]")
+
+
+def collapse_whitespace(text: str) -> str:
+    """One space between words, one newline between non-empty lines, no blank lines."""
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+def normalize_text(text: str, strip_markup: bool = True) -> tuple[str, list[str]]:
+    """The normalized text and the fixes applied (for the step's event counts).
+
+    Mojibake is repaired first: NFKC would rewrite some of the garbled characters
+    ("¼" -> "1⁄4") and make the original bytes unrecoverable.
+    """
+    fixes = []
+    repaired = repair_mojibake(text)
+    if repaired != text:
+        fixes.append("mojibake_repaired")
+        text = repaired
+    if strip_markup and ("<" in text or "&" in text):
+        if looks_like_html(text):
+            text = extract_html(text).text
+            fixes.append("markup_stripped")
+        elif _ENTITY.search(text):
+            text = html.unescape(text)
+            fixes.append("entities_decoded")
+    nfkc = unicodedata.normalize("NFKC", text)
+    if nfkc != text:
+        fixes.append("nfkc")
+        text = nfkc
+    cleaned = _INVISIBLE.sub("", text)
+    if cleaned != text:
+        fixes.append("control_chars_removed")
+    return collapse_whitespace(cleaned), fixes
+
+
+class Normalizer(Transform):
+    name = "normalize"
+
+    def transform(self, doc: Document) -> None:
+        # Pages from the HTML reader are already extracted; their text has no markup left
+        # unless the page showed markup as text, which is content.
+        strip = doc.meta.get("reader") != "html"
+        text, fixes = normalize_text(doc.text, strip_markup=strip)
+        doc.set_text(text)
+        self.stats.events.update(fixes)
+        if doc.content is not None:
+            doc.content = normalize_text(doc.content, strip_markup=strip)[0]
