@@ -61,3 +61,13 @@ def test_hash_inputs_expands_folders_and_skips_hidden_files(tmp_path):
     (tmp_path / "d" / ".tmp").write_text("partial")
     hashes = hash_inputs([tmp_path / "d"])
     assert list(hashes) == [str(tmp_path / "d" / "a.txt")]
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    atomic_write_json(tmp_path / "x.json", {})
+    with atomic_path(tmp_path / "y.bin") as tmp:
+        tmp.write_bytes(b"1")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("x.json", "y.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask

@@ -23,6 +23,16 @@ from typing import Any
 SUCCESS_MARKER = "_SUCCESS"
 
 
+def _default_mode() -> int:
+    """The mode a plain open() would give: mkstemp's 0600 would hide outputs from other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_mode()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write through a temp file in the same folder and rename, so readers never see half."""
     path = Path(path)
@@ -33,6 +43,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -59,6 +70,7 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from lmforge.text.tokenizer import (
     SPECIAL_TOKENS,
     TokenizerError,
     encode_texts,
+    learn_wordpiece_vocab,
     load_tokenizer,
     pad_batch,
     save_tokenizer,
@@ -72,3 +73,20 @@ def test_load_errors_name_the_file(tmp_path: Path):
 def test_training_on_nothing_is_a_data_error():
     with pytest.raises(InputDataError):
         train_tokenizer([], vocab_size=100)
+
+
+def test_training_is_deterministic():
+    a = train_tokenizer(TEXTS, vocab_size=300)
+    b = train_tokenizer(list(reversed(TEXTS)), vocab_size=300)
+    assert a.to_str() == b.to_str()
+
+
+def test_vocab_learning_merges_the_most_frequent_pair_first():
+    vocab = learn_wordpiece_vocab({"abab": 10, "abc": 3, "xy": 1}, vocab_size=100)
+    alphabet = {"a", "##b", "##a", "##c", "x", "##y"}  # every character is kept
+    assert set(vocab[:6]) == alphabet
+    learned = vocab[6:]  # then the merges, in order
+    assert learned[:2] == ["ab", "##ab"]  # (a, ##b) 13 times, then (##a, ##b) 10 times
+    assert "xy" not in vocab  # below min_frequency=2
+    capped = learn_wordpiece_vocab({"abab": 10, "abc": 3}, vocab_size=len(SPECIAL_TOKENS) + 3)
+    assert len(capped) == 3

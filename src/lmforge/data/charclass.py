@@ -25,7 +25,7 @@ _CJK_RE = re.compile(f"[{CJK}]")
 # A token is a URL, a run of alphabetic letters, one CJK character (CJK has no spaces, so a
 # character is the closest unit to a word), or a number.
 TOKEN_RE = re.compile(
-    rf"https?://\S+|www\.\S+|[{CJK}]|[A-Za-z\u00c0-\u024f\u1e00-\u1eff\u0370-\u04ff'’]+|\d+"
+    rf"https?://[!-~]+|www\.[!-~]+|[{CJK}]|[A-Za-z\u00c0-\u024f\u1e00-\u1eff\u0370-\u04ff'’]+|\d+"
 )
 LATIN_WORD_RE = re.compile(r"[A-Za-z\u00c0-\u024f\u1e00-\u1eff]+(?:['’][A-Za-z]+)?")
 

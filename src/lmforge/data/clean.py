@@ -1,7 +1,7 @@
 """The cleaning line: read every source, run the steps, write clean and rejected shards.
 
     read -> normalize -> length -> letter_ratio -> mojibake -> repetition -> boilerplate
-         -> gibberish -> language -> dedup -> pii
+         -> gibberish -> language -> pii -> dedup
 
 Each step yields the documents it keeps; every dropped document goes to the rejected
 shards with its step and reason and the text as it was read.
@@ -54,10 +54,12 @@ def build_steps(cfg: DataConfig) -> list[PipelineStep]:
         GibberishFilter(),
         LanguageFilter(cfg.languages),
     ]
-    if cfg.dedup:
-        steps.append(ExactDedup())
+    # PII is masked before dedup: copies that differ only in a planted phone number or
+    # e-mail are the same text once masked.
     if cfg.pii == "mask":
         steps.append(PiiMasker())
+    if cfg.dedup:
+        steps.append(ExactDedup())
     return steps
 
 

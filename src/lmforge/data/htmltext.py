@@ -2,15 +2,17 @@
 
 Page chrome is dropped three ways: by element (nav, header, footer, aside, script, ...), by
 class/id/role hints (cookie banners, share bars, related links), and by link density (a
-block that is mostly link text is a menu). When the page marks its content with <main> or
-<article>, only blocks inside it are kept.
+block that is mostly link text is a menu). When the page marks its content, only the most
+specific marked content is kept: <article> (or an itemprop "...Body") over <main>, <main>
+over the rest of <body>; <main> also holds titles, bylines and voting widgets.
 """
 
 from __future__ import annotations
 
+import functools
+import html
 import re
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 
 
 def _words(text: str) -> frozenset[str]:
@@ -36,6 +38,23 @@ _CHROME_HINT = re.compile(
 _CHROME_ROLES = _words("navigation banner contentinfo complementary search dialog alertdialog menu")
 _ASCII_SPACE = re.compile(r"[ \t\r\n\f]+")  # NBSP is kept: it can be part of mojibake
 _MAX_LINK_DENSITY = 0.5
+_TAG = re.compile(
+    r"<!--.*?(?:-->|$)|<![^>]*>|<\?[^>]*>"
+    r"|<(/?)([A-Za-z][A-Za-z0-9:-]*)([^>\"']*(?:(?:\"[^\"]*\"|'[^']*')[^>\"']*)*)>",
+    re.DOTALL,
+)
+_ATTR = re.compile(r"""([^\s=/>"']+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+)))?""")
+_RAW_TEXT = frozenset({"script", "style", "title", "textarea"})
+
+
+@functools.cache
+def _closing_tag(tag: str) -> re.Pattern[str]:
+    return re.compile(rf"</{tag}\s*>", re.IGNORECASE)
+
+
+def _unescape(text: str) -> str:
+    return html.unescape(text) if "&" in text else text
+
 
 # Tag names that mark a string as markup (used to decide whether to run the extractor on
 # text from a non-HTML source without mangling a stray "<" in prose).
@@ -58,29 +77,69 @@ class HtmlContent:
 class _Block:
     parts: list[str] = field(default_factory=list)
     link_chars: int = 0
-    in_main: bool = False
+    level: int = 0  # content level of the innermost marked container it lies in
 
 
-class _Extractor(HTMLParser):
+class _Extractor:
+    """A small tag scanner (regexes, not html.parser: 5-10x faster on whole pages) that
+    feeds start tags, end tags and text to the block builder below."""
+
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.stack: list[tuple[str, bool, bool]] = []  # (tag, skipping, main) per open element
+        self.stack: list[tuple[str, bool, int]] = []  # (tag, skipping, level) per open element
         self.blocks: list[_Block] = [_Block()]
         self.meta: dict[str, str] = {}
         self.title_parts: list[str] = []
         self.link_depth = 0
         self.in_title = False
+        self.top_level = 0  # most specific content container the page marks
+
+    def feed(self, markup: str) -> None:
+        pos = 0
+        while True:
+            m = _TAG.search(markup, pos)
+            if m is None:
+                break
+            if m.start() > pos:
+                self.handle_data(_unescape(markup[pos : m.start()]))
+            pos = m.end()
+            name = m.group(2)
+            if name is None:  # comment, doctype, processing instruction
+                continue
+            tag = name.lower()
+            if m.group(1):
+                self.handle_endtag(tag)
+                continue
+            raw_attrs = m.group(3)
+            attrs = (
+                [
+                    (a.group(1).lower(), _unescape(a.group(2) or a.group(3) or a.group(4) or ""))
+                    for a in _ATTR.finditer(raw_attrs)
+                ]
+                if raw_attrs.strip()
+                else []
+            )
+            self.handle_starttag(tag, attrs)
+            if tag in _RAW_TEXT:  # contents are text up to the closing tag, never markup
+                close = _closing_tag(tag).search(markup, pos)
+                end = close.start() if close else len(markup)
+                self.handle_data(_unescape(markup[pos:end]))
+                pos = close.end() if close else end
+                self.handle_endtag(tag)
+            elif raw_attrs.rstrip().endswith("/") and tag not in _VOID_TAGS:
+                self.handle_endtag(tag)
+        if pos < len(markup):
+            self.handle_data(_unescape(markup[pos:]))
 
     @property
     def skipping(self) -> bool:
         return bool(self.stack) and self.stack[-1][1]
 
     @property
-    def in_main(self) -> bool:
-        return bool(self.stack) and self.stack[-1][2]
+    def level(self) -> int:
+        return self.stack[-1][2] if self.stack else 0
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = {k: v or "" for k, v in attrs}
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str]]) -> None:
+        values = dict(attrs)
         if tag == "meta":
             name = values.get("name") or values.get("property")
             if name:
@@ -100,15 +159,17 @@ class _Extractor(HTMLParser):
             or values.get("aria-hidden") == "true"
             or bool(_CHROME_HINT.search(hint))
         )
-        main = self.in_main or tag in ("main", "article") or values.get("role") == "main"
-        self.stack.append((tag, skip, main))
+        own = 0
+        if tag == "article" or values.get("itemprop", "").endswith("Body"):
+            own = 2
+        elif tag == "main" or values.get("role") == "main":
+            own = 1
+        level = max(self.level, own)
+        if not skip:
+            self.top_level = max(self.top_level, level)
+        self.stack.append((tag, skip, level))
         if tag == "a":
             self.link_depth += 1
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)
-        if tag not in _VOID_TAGS and self.stack and self.stack[-1][0] == tag:
-            self.handle_endtag(tag)
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "title":
@@ -133,7 +194,7 @@ class _Extractor(HTMLParser):
             return
         block = self.blocks[-1]
         block.parts.append(data)
-        block.in_main |= self.in_main
+        block.level = max(block.level, self.level)
         if self.link_depth:
             block.link_chars += len(data.strip())
 
@@ -146,11 +207,11 @@ def extract_html(markup: str) -> HtmlContent:
     """The main text of a page (one line per block), its <meta> values and its title."""
     parser = _Extractor()
     parser.feed(markup)
-    parser.close()
-    has_main = any(b.in_main and "".join(b.parts).strip() for b in parser.blocks)
+    # An empty <article> means the page has no content, not that the title and byline are.
+    top = parser.top_level
     lines = []
     for block in parser.blocks:
-        if has_main and not block.in_main:
+        if block.level < top:
             continue
         line = _ASCII_SPACE.sub(" ", "".join(block.parts)).strip()
         if not line:

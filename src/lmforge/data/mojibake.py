@@ -54,6 +54,9 @@ _CONTS = "".join(c for c, b in _CP1252.items() if 0x80 <= b <= 0xBF) + REPLACEME
 _CP1252_RUN = re.compile(f"[{re.escape(''.join(_CP1252))}{REPLACEMENT}]{{2,}}")
 _CP1252_HINT = re.compile(f"[{re.escape(_LEADS)}][{re.escape(_CONTS)}]")
 _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+# Three common characters in a row: genuine text (GBK mojibake is ~90% rare characters).
+_LEGIT_CHARS = COMMON_SIMPLIFIED | frozenset(_COMMON_PUNCT)
+_LEGIT_STRETCH = re.compile("[" + re.escape("".join(sorted(_LEGIT_CHARS))) + "]{3,}")
 
 
 def _seq_len(lead: int) -> int:
@@ -158,20 +161,78 @@ def _gbk_bytes(run: str) -> list[int | None] | None:
 
 
 def _fix_gbk_run(match: re.Match[str]) -> str:
+    """Repair the stretches between runs of common characters: a garbled span can sit
+    inside genuine Chinese text, and genuine characters do not survive the re-decoding."""
     run = match.group()
-    data = _gbk_bytes(run)
+    out = []
+    pos = 0
+    for legit in _LEGIT_STRETCH.finditer(run):
+        out.append(_fix_gbk_piece(run[pos : legit.start()]))
+        out.append(legit.group())
+        pos = legit.end()
+    out.append(_fix_gbk_piece(run[pos:]))
+    return "".join(out)
+
+
+def _plausible_share(text: str) -> float:
+    """Share of non-ASCII characters that real text is made of (Han, CJK and general
+    punctuation, fullwidth forms, Latin letters); a wrong re-decoding yields other scripts."""
+    chars = [c for c in text if not c.isascii() and c != REPLACEMENT]
+    if not chars:
+        return 1.0
+    ok = sum(
+        1
+        for c in chars
+        if "\u3400" <= c <= "\u9fff"
+        or "\u00a0" <= c <= "\u024f"
+        or "\u2000" <= c <= "\u206f"
+        or "\u3000" <= c <= "\u303f"
+        or "\uff00" <= c <= "\uffef"
+    )
+    return ok / len(chars)
+
+
+def _redecode_gbk(core: str) -> tuple[str, int] | None:
+    """(repaired text, bytes lost) if `core` reads as GBK-decoded UTF-8, else None."""
+    data = _gbk_bytes(core)
     if data is None:
-        return run
+        return None
     text, decoded, lost = _redecode(data, lambda i: "", _ANY_CONTINUATION)
-    # Real GBK mojibake decodes almost completely; genuine Chinese re-encoded this way
-    # fails on most bytes.
-    if decoded == 0 or lost > max(1, len(data) // 10):
-        return run
-    if common_han_share(han_chars(text), COMMON_SIMPLIFIED) <= common_han_share(
-        han_chars(run), COMMON_SIMPLIFIED
-    ):
-        return run
-    return text
+    # Real GBK mojibake decodes almost completely; genuine text re-encoded this way fails
+    # on most bytes or turns into characters of unrelated scripts.
+    if decoded == 0 or lost > max(1, len(data) // 10) or _plausible_share(text) < 0.9:
+        return None
+    before = common_han_share(han_chars(core), COMMON_SIMPLIFIED)
+    if common_han_share(han_chars(text), COMMON_SIMPLIFIED) <= before:
+        return None
+    return text, lost
+
+
+def _fix_gbk_piece(piece: str) -> str:
+    """The best repair of `piece`, also trying to leave up to two characters at either edge
+    outside the garbled span (they may belong to the surrounding genuine text)."""
+    if len(piece) < 2:
+        return piece
+    best: tuple[tuple[int, int], str] | None = None
+    for lead in range(3):
+        for trail in range(3):
+            if lead + trail > len(piece) - 2:
+                continue
+            head, core, tail = (
+                piece[:lead],
+                piece[lead : len(piece) - trail],
+                piece[len(piece) - trail :],
+            )
+            if not all(c in _LEGIT_CHARS for c in head + tail):
+                continue
+            fixed = _redecode_gbk(core)
+            if fixed is None:
+                continue
+            text, lost = fixed
+            key = (lost, lead + trail)
+            if best is None or key < best[0]:
+                best = (key, head + text + tail)
+    return piece if best is None else best[1]
 
 
 def repair_mojibake(text: str) -> str:

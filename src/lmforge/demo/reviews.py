@@ -67,12 +67,12 @@ class _Grammar:
 
     def polar(self, rng: random.Random, dom: Domain, product: str, sign: int) -> Clause:
         roll = rng.random()
-        if roll < 0.5:
+        if roll < 0.42:
             return self.adjective_clause(rng, rng.choice(dom.aspects), sign, _pick_mode(rng))
-        if roll < 0.75:
+        if roll < 0.62:
             facts = dom.pos_facts if sign > 0 else dom.neg_facts
             return Clause(rng.choice(facts), float(sign))
-        if roll < 0.87:
+        if roll < 0.8:
             phrases = self.bank.GENERIC_POS if sign > 0 else self.bank.GENERIC_NEG
             return Clause(rng.choice(phrases), 1.2 * sign)
         overall = Aspect(
@@ -159,11 +159,17 @@ class _English(_Grammar):
         i = 0
         while i < len(parts):
             text, pol = parts[i]
-            # Two same-tone clauses sometimes share a sentence.
-            if i + 1 < len(parts) and parts[i + 1][1] * pol > 0 and rng.random() < 0.3:
-                text = f"{text}, and {parts[i + 1][0]}"
-                i += 1
             i += 1
+            # Two same-tone clauses (not full sentences already) sometimes share a sentence.
+            if (
+                i < len(parts)
+                and parts[i][1] * pol > 0
+                and text[-1] not in ".!?"
+                and parts[i][0][-1] not in ".!?"
+                and rng.random() < 0.3
+            ):
+                text = f"{text}, and {parts[i][0]}"
+                i += 1
             text = text[0].upper() + text[1:]
             if text[-1] not in ".!?":
                 text += "!" if abs(pol) >= 1.2 and rng.random() < 0.35 else "."

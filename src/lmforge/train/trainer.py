@@ -150,8 +150,10 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.run_meta = dict(run_meta or {})
         self.device = next(model.parameters()).device
+        # foreach: one fused kernel per tensor group instead of a Python loop per parameter
+        # (~10% of a CPU step at the default size; PyTorch only picks it by itself on GPU).
         self.optimizer = torch.optim.AdamW(
-            build_param_groups(model, settings.weight_decay), lr=settings.lr
+            build_param_groups(model, settings.weight_decay), lr=settings.lr, foreach=True
         )
         self.scheduler = build_scheduler(
             self.optimizer, settings.warmup_steps, settings.max_steps, settings.min_lr_ratio

@@ -32,7 +32,7 @@ def detect_language(text: str) -> str:
     foreign = sum(1 for w in words if w in FOREIGN_COMMON)
     # Accented letters are rare in English words and common in most other Latin scripts.
     foreign += sum(0.5 for w in words if not w.isascii())
-    if english < foreign:
+    if english < foreign or (foreign and english == foreign):
         return "other"
     # A short phrase ("cold movie") may have no function word at all; a longer text in
     # English always has some.

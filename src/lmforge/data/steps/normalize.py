@@ -34,13 +34,12 @@ def normalize_text(text: str, strip_markup: bool = True) -> tuple[str, list[str]
     if repaired != text:
         fixes.append("mojibake_repaired")
         text = repaired
-    if strip_markup and ("<" in text or "&" in text):
-        if looks_like_html(text):
-            text = extract_html(text).text
-            fixes.append("markup_stripped")
-        elif _ENTITY.search(text):
-            text = html.unescape(text)
-            fixes.append("entities_decoded")
+    if strip_markup and "&" in text and _ENTITY.search(text):
+        text = html.unescape(text)  # first, so escaped tags are seen as tags below
+        fixes.append("entities_decoded")
+    if strip_markup and "<" in text and looks_like_html(text):
+        text = extract_html(text).text
+        fixes.append("markup_stripped")
     nfkc = unicodedata.normalize("NFKC", text)
     if nfkc != text:
         fixes.append("nfkc")
@@ -52,14 +51,14 @@ def normalize_text(text: str, strip_markup: bool = True) -> tuple[str, list[str]
 
 
 class Normalizer(Transform):
+    """Markup is stripped from every source: a page that shows escaped markup as text
+    ("&lt;br/&gt;") carries tag residue that no training text wants."""
+
     name = "normalize"
 
     def transform(self, doc: Document) -> None:
-        # Pages from the HTML reader are already extracted; their text has no markup left
-        # unless the page showed markup as text, which is content.
-        strip = doc.meta.get("reader") != "html"
-        text, fixes = normalize_text(doc.text, strip_markup=strip)
+        text, fixes = normalize_text(doc.text)
         doc.set_text(text)
         self.stats.events.update(fixes)
         if doc.content is not None:
-            doc.content = normalize_text(doc.content, strip_markup=strip)[0]
+            doc.content = normalize_text(doc.content)[0]

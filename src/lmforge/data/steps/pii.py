@@ -23,7 +23,7 @@ _B = r"(?<![0-9A-Za-z])"
 _E = r"(?![0-9A-Za-z])"
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-_IPV6 = re.compile(r"(?<![0-9A-Za-z:.])[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
+_IPV6 = re.compile(r"(?<![0-9A-Za-z.])[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 _CN_ID = re.compile(_B + r"\d{17}[\dXx]" + _E)
 _DIGIT_RUN = re.compile(r"(?<![\d+\-])\d(?:[ -]?\d){11,22}(?!\d)")
 _INTL_PHONE = re.compile(r"(?<![0-9A-Za-z+])\+\d{1,3}(?:[ -]?(?:\(\d{1,4}\)|\d{1,5})){1,7}(?!\d)")
@@ -31,20 +31,24 @@ _CN_MOBILE = re.compile(_B + r"1[3-9]\d(?:[ -]?\d{4}){2}" + r"(?!\d)")
 _CN_LANDLINE = re.compile(_B + r"(?:\(0\d{2,3}\)\s?|0\d{2,3}[- ])\d{7,8}(?!\d)")
 _IPV4 = re.compile(r"(?<![0-9A-Za-z.])(?:\d{1,3}\.){3}\d{1,3}(?![0-9A-Za-z]|\.\d)")
 
+_DIGIT = re.compile(r"\d")
 PLACEHOLDERS = ("EMAIL", "PHONE", "ID_CN", "BANK_CARD", "IP")
 
 
-def _ipv6(m: re.Match[str]) -> tuple[str, str] | None:
-    """Candidates are greedy over hex, ':' and '.', so trim sentence punctuation first."""
+def _ipv6(m: re.Match[str]) -> str | None:
+    """Candidates are greedy over hex, ':' and '.', so trim the punctuation around them
+    ("地址:2001:db8::1。") before validating."""
     cand = m.group()
     core = cand.rstrip(".") if cand.endswith("::") else cand.rstrip(":.")
+    head = ":" if core.startswith(":") and not core.startswith("::") else ""
+    core = core[len(head) :]
     if core.count(":") < 2:
         return None
     try:
         ipaddress.IPv6Address(core)
     except ValueError:
         return None
-    return "IP", cand[len(core) :]
+    return head + "[IP]" + cand[len(head) + len(core) :]
 
 
 def _ipv4(m: re.Match[str]) -> tuple[str, str] | None:
@@ -59,7 +63,7 @@ def _cn_id(m: re.Match[str]) -> tuple[str, str] | None:
     return ("ID_CN", "") if cn_id_valid(m.group()) else None
 
 
-def _bank_card(m: re.Match[str]) -> tuple[str, str] | str | None:
+def _bank_card(m: re.Match[str]) -> str | None:
     """The whole run, or its longest run of whole digit groups, that is 13-19 digits and
     passes Luhn; the rest of the run is kept as it was."""
     run = m.group()
@@ -105,9 +109,9 @@ _RULES: tuple[tuple[str, re.Pattern[str], Callable[[re.Match[str]], object]], ..
 def mask_pii(text: str) -> tuple[str, Counter[str]]:
     """Text with PII replaced by [EMAIL], [PHONE], [ID_CN], [BANK_CARD], [IP]; counts by type."""
     counts: Counter[str] = Counter()
+    if "@" not in text and not _DIGIT.search(text):
+        return text, counts
     for label, pattern, check in _RULES:
-        if label != "EMAIL" and not any(c.isdigit() for c in text):
-            break
 
         def replace(m: re.Match[str], label: str = label, check=check) -> str:
             result = check(m)

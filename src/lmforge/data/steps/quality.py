@@ -143,8 +143,11 @@ class RepetitionFilter(BaseFilter):
 
 
 def _is_nav_line(line: str) -> bool:
+    """Three or more short items between separators ("Home | Shop | Cart"); one long item
+    is allowed, where the menu runs into the next piece of chrome."""
     items = [i for i in NAV_SEPARATORS.split(line) if i]
-    return len(items) >= 3 and all(weighted_length(i) <= 20 for i in items)
+    short = sum(1 for i in items if weighted_length(i) <= 30)
+    return short >= 3 and short >= 0.8 * len(items)
 
 
 def boilerplate_line(line: str) -> bool:
@@ -178,11 +181,17 @@ class BoilerplateFilter(BaseFilter):
 
 def _wordlike(word: str) -> bool:
     w = word.lower()
+    if len(w) > _LONGEST_WORD:
+        return False
     if len(w) == 1:
         return w in "aiou"
     if not VOWEL_RE.search(w) or CONSONANT_RUN_RE.search(w) or SAME_CHAR_RUN_RE.search(w):
         return False
     return not any(w[i : i + 4] in KEYBOARD_RUNS for i in range(len(w) - 3))
+
+
+_ADDRESS = re.compile(r"https?://[!-~]+|www\.[!-~]+|[!-~]+@[!-~]+")
+_LONGEST_WORD = 25  # longer Latin "words" are mash or glued junk, not vocabulary
 
 
 class GibberishFilter(BaseFilter):
@@ -202,12 +211,13 @@ class GibberishFilter(BaseFilter):
         han = han_chars(text)
         if len(han) >= 4 and common_han_share(han) < self.min_common_han:
             return False, "rare_characters"
-        words = LATIN_WORD_RE.findall(text)
+        words = LATIN_WORD_RE.findall(_ADDRESS.sub(" ", text))
         letters = sum(len(w) for w in words)
-        if len(words) < 2 or letters < 20 or letters < len(han):
+        # Latin letters inside a Chinese text (brands, models) are not judged as words.
+        if letters < 12 or letters < CJK_CHAR_WEIGHT * len(han):
             return True
         vowels = sum(len(VOWEL_RE.findall(w)) for w in words)
-        if vowels / letters < self.min_vowel_share:
+        if letters >= 20 and vowels / letters < self.min_vowel_share:
             return False, "few_vowels"
         wordlike = sum(len(w) for w in words if _wordlike(w))
         if wordlike / letters < self.min_wordlike_share:

@@ -77,10 +77,14 @@ BOILERPLATE_PHRASES = re.compile(
     r"\bfollow us\b|subscribe to our|newsletter|\bcontact us\b|\babout us\b|"
     r"skip to (?:main )?content|back to top|site ?map|\bread more\b|"
     r"related (?:articles|posts|products|links|stories)|you may also like|"
-    r"\bdownload (?:the|our) app\b|powered by|\baccept all\b|"
+    r"\bdownload (?:the|our) app\b|powered by|\baccept all\b|enable javascript|"
+    r"forgot (?:your )?password|\b(?:sign|log) ?in to (?:see|view|read|write|comment|continue)|"
+    r"manage (?:your )?(?:preferences|settings)|\bloading\.\.\.|"
     r"(?:使用|接受|允许|拒绝)\s*cookies?|版权所有|版权声明|隐私政策|隐私条款|使用条款|用户协议|"
     r"服务条款|免责声明|分享到|分享至|关注我们|联系我们|关于我们|返回顶部|网站地图|上一篇|下一篇|"
-    r"相关推荐|相关阅读|猜你喜欢|热门推荐|下载APP|下载客户端|ICP备|公网安备|阅读全文|扫码关注",
+    r"相关推荐|相关阅读|猜你喜欢|热门推荐|下载APP|下载客户端|ICP备|公网安备|阅读全文|扫码关注|"
+    r"(?:开启|启用)\s*JavaScript|忘记密码|登录后(?:查看|可见|评论)|管理偏好|正在加载|加载中\.\.\.|"
+    r"复制链接",
     re.IGNORECASE,
 )
 NAV_SEPARATORS = re.compile(r"\s*(?:\||·|•|»|›|>)\s*")
