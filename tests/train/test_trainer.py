@@ -11,7 +11,12 @@ from lmforge.models import EncoderClassifier, EncoderConfig
 from lmforge.train.checkpoint import list_checkpoints
 from lmforge.train.classify import classification_loss, make_evaluator
 from lmforge.train.data import ClassificationBatches, fixed_batches
-from lmforge.train.trainer import Trainer, TrainerSettings, build_param_groups
+from lmforge.train.trainer import (
+    Trainer,
+    TrainerSettings,
+    TrainingDivergedError,
+    build_param_groups,
+)
 
 
 def synthetic_batches(n: int = 96, seed: int = 0) -> tuple[ClassificationBatches, list]:
@@ -144,6 +149,15 @@ def test_bf16_autocast_trains(tmp_path: Path):
     result = make_trainer(tmp_path, precision="bf16").fit()
     assert result.losses[-1] < result.losses[0]
     assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_a_nan_loss_stops_with_a_clear_error(tmp_path: Path):
+    def nan_loss(model, batch):
+        loss, n = classification_loss(model, batch)
+        return loss * float("nan"), n
+
+    with pytest.raises(TrainingDivergedError, match=r"lower train\.lr"):
+        make_trainer(tmp_path, loss_fn=nan_loss).fit()
 
 
 def test_weight_decay_skips_norms_biases_and_embeddings():

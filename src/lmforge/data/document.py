@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -60,7 +61,8 @@ class Malformed:
 
     def to_document(self) -> Document:
         position = self.meta.get("row", self.meta.get("offset"))
-        doc_id = derived_id(self.source, str(self.meta.get("file", "")), position)
+        file_name = Path(str(self.meta.get("file", ""))).name
+        doc_id = derived_id(self.source, f"{file_name}:{self.meta.get('table', '')}", position)
         return Document(id=doc_id, text=self.raw, source=self.source, meta=dict(self.meta))
 
 

@@ -9,8 +9,9 @@ bytes it came from and decoding those as UTF-8:
 - GBK ("鐢垫睜" for "电池"): two bytes per character; a byte the GBK decoder rejected became
   U+FFFD and stands for any one byte.
 
-A byte that U+FFFD hid is restored when exactly one candidate gives a common character
-(GB2312 level 1, CJK punctuation); otherwise that character stays U+FFFD. A run is only
+A byte that U+FFFD hid is guessed: the candidate giving the most frequent character
+(frequent CJK punctuation, then a character frequency ranking) wins; when no candidate is
+ranked and several are equally plausible, the character stays U+FFFD. A run is only
 replaced when it decodes to proper multibyte characters, so ordinary accented Latin text
 ("café", "Ærø") and ordinary Chinese text are left alone.
 """
@@ -19,8 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from lmforge.data.charclass import (
     COMMON_HAN,
@@ -209,8 +209,8 @@ def _redecode_gbk(core: str) -> tuple[str, int] | None:
 
 
 def _fix_gbk_piece(piece: str) -> str:
-    """The best repair of `piece`, also trying to leave up to two characters at either edge
-    outside the garbled span (they may belong to the surrounding genuine text)."""
+    """The best repair of `piece`, also trying to leave up to two common characters at
+    either edge outside the garbled span (they may belong to the surrounding text)."""
     if len(piece) < 2:
         return piece
     best: tuple[tuple[int, int], str] | None = None
@@ -257,7 +257,3 @@ def mojibake_score(text: str) -> float:
     if len(han) >= 4 and common_han_share(han) < 0.6:
         garbled += sum(1 for c in han if c not in COMMON_HAN)
     return garbled / len(text)
-
-
-def control_free(chars: Iterable[str]) -> str:
-    return "".join(c for c in chars if unicodedata.category(c) != "Cc")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -39,7 +39,9 @@ def predict_classes(
     return torch.cat(preds), torch.cat(golds), loss_sum / max(n, 1)
 
 
-def make_evaluator(batches: Sequence[dict[str, torch.Tensor]]):
+def make_evaluator(
+    batches: Sequence[dict[str, torch.Tensor]],
+) -> Callable[[nn.Module], dict[str, float]]:
     """An `evaluate(model) -> {"eval_loss", "eval_accuracy"}` callback for the trainer."""
 
     def evaluate(model: nn.Module) -> dict[str, float]:

@@ -71,8 +71,9 @@ def run(cfg: RunConfig, ws: Workspace, console: Console) -> StageResult:
         f"{len(data.labels)} labels: {', '.join(data.labels)}"
     )
 
-    # Reuse the saved tokenizer only when a checkpoint of this very run was made with it;
-    # otherwise train a fresh one (the trainer then clears the stale checkpoints).
+    # A checkpoint is only valid with the exact tokenizer it was trained with: reuse the saved
+    # file when the newest checkpoint names its hash, else train afresh (same texts give the
+    # same file) and let the trainer drop checkpoints that name another.
     base_meta = {"config_hash": training_config_hash(cfg), "data_hash": data.data_hash}
     tok_path = out / "tokenizer.json"
     tokenizer = None

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from lmforge.config import TrainConfig
-from lmforge.errors import ConfigError
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.train.checkpoint import (
     TrainState,
     capture_rng_state,
@@ -42,6 +42,11 @@ from lmforge.train.checkpoint import (
 )
 from lmforge.train.schedule import build_scheduler
 from lmforge.workspace import atomic_write_text
+
+
+class TrainingDivergedError(LmforgeError):
+    """The loss became NaN or infinite; the weights were not updated with it."""
+
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, int]]
 EvalFn = Callable[[nn.Module], dict[str, float]]
@@ -116,6 +121,12 @@ def build_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), so autocast pays off."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def move_to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -160,6 +171,11 @@ class Trainer:
         )
         self.state = TrainState(meta=self.run_meta)
         self.rows: list[dict[str, Any]] = []
+        if settings.precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
+            self.console.print(
+                "[yellow]precision bf16 on a CPU without AVX512-BF16/AMX is emulated and "
+                "runs about 10x slower than fp32 here; set train.precision: fp32"
+            )
 
     @property
     def ckpt_dir(self) -> Path:
@@ -242,6 +258,11 @@ class Trainer:
                 loss.backward()
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
                 loss_value, lr = float(loss.item()), self.optimizer.param_groups[0]["lr"]
+                if not math.isfinite(loss_value):
+                    raise TrainingDivergedError(
+                        f"loss is {loss_value} at step {self.state.step + 1} (lr {lr:.2e}); "
+                        "lower train.lr or raise train.warmup_steps"
+                    )
                 # From here until the row is logged the state is half old, half new: an
                 # interrupt in this window keeps the previous checkpoint instead.
                 updating = True

@@ -11,7 +11,9 @@ from lmforge.data.charclass import LATIN_WORD_RE, script_counts
 from lmforge.data.document import Document
 from lmforge.data.steps.base import BaseFilter
 from lmforge.data.steps.wordlists import ENGLISH_COMMON, FOREIGN_COMMON
+from lmforge.errors import ConfigError
 
+LANGUAGES = ("zh", "en", "other")
 # A CJK character carries about as much as a word; a word has about four letters.
 _LETTERS_PER_WORD = 4
 _SHORT_WORDS = 8
@@ -48,6 +50,12 @@ class LanguageFilter(BaseFilter):
 
     def __init__(self, languages: list[str]) -> None:
         super().__init__()
+        unknown = sorted(set(languages) - set(LANGUAGES))
+        if unknown:
+            raise ConfigError(
+                f"data.languages: {', '.join(map(repr, unknown))} cannot be detected; use "
+                f"{', '.join(LANGUAGES)} ('other' keeps every language besides zh and en)"
+            )
         self.languages = set(languages)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:

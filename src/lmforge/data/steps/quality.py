@@ -135,7 +135,8 @@ class RepetitionFilter(BaseFilter):
         toks = tokens(doc.judged_text)
         # A flood of one word is also a flood of its bigram. A CJK bigram is often a single
         # word, which a short text may well say four times, so bigrams need twice the share.
-        for n in (2, 3, 4):
+        # Phrases are 4+ tokens: with CJK characters as tokens, 3 is barely two words.
+        for n in (2, 4, 5):
             limit = min(1.0, 2 * self.max_ratio) if n == 2 else self.max_ratio
             if top_ngram_coverage(toks, n, self.min_repeats) > limit:
                 return False, "repeated_ngram"
@@ -143,8 +144,8 @@ class RepetitionFilter(BaseFilter):
 
 
 def _is_nav_line(line: str) -> bool:
-    """Three or more short items between separators ("Home | Shop | Cart"); one long item
-    is allowed, where the menu runs into the next piece of chrome."""
+    """Three or more short items between separators ("Home | Shop | Cart"); a few long
+    items are allowed, where the menu runs into the next piece of chrome."""
     items = [i for i in NAV_SEPARATORS.split(line) if i]
     short = sum(1 for i in items if weighted_length(i) <= 30)
     return short >= 3 and short >= 0.8 * len(items)
@@ -190,34 +191,48 @@ def _wordlike(word: str) -> bool:
     return not any(w[i : i + 4] in KEYBOARD_RUNS for i in range(len(w) - 3))
 
 
-_ADDRESS = re.compile(r"https?://[!-~]+|www\.[!-~]+|[!-~]+@[!-~]+")
-_LONGEST_WORD = 25  # longer Latin "words" are mash or glued junk, not vocabulary
+_ADDRESS = re.compile(
+    r"https?://[!-~]+|www\.[!-~]+|[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
+)
+# Symbols that prose hardly uses (sentence punctuation, quotes, brackets, -, / are fine).
+_SOUP_SYMBOL = re.compile(r"[#$%&*+=<>@\\^_`|~{}\[\]]")
+_LONGEST_WORD = 20  # longer Latin "words" are mash or glued junk, not vocabulary
 
 
 class GibberishFilter(BaseFilter):
     """Keyboard mash and random characters.
 
     Latin script: too few vowels overall (English/European prose has ~35-45%, random letters
-    ~20%) or too few pronounceable words. Chinese: too few common characters.
+    ~20%) or too few pronounceable words. Chinese: too few common characters. Any script:
+    letters interleaved with many symbols ("m&qw&lbzu87x*!a+tuo").
     """
 
     name = "gibberish"
     min_vowel_share = 0.25
     min_wordlike_share = 0.5
     min_common_han = 0.5
+    max_symbol_share = 0.2
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         text = doc.judged_text
         han = han_chars(text)
         if len(han) >= 4 and common_han_share(han) < self.min_common_han:
             return False, "rare_characters"
-        words = LATIN_WORD_RE.findall(_ADDRESS.sub(" ", text))
+        plain = _ADDRESS.sub(" ", text)
+        squeezed = _REPEATED_SYMBOL.sub(r"\1", plain)  # "~~~~" is one flourish
+        symbols = len(_SOUP_SYMBOL.findall(squeezed))
+        if symbols >= 5 and symbols > self.max_symbol_share * weighted_length(
+            "".join(squeezed.split())
+        ):
+            return False, "symbol_soup"
+        words = LATIN_WORD_RE.findall(plain)
         letters = sum(len(w) for w in words)
         # Latin letters inside a Chinese text (brands, models) are not judged as words.
-        if letters < 12 or letters < CJK_CHAR_WEIGHT * len(han):
+        if letters < 8 or (len(words) < 2 and letters < 12) or letters < CJK_CHAR_WEIGHT * len(han):
             return True
         vowels = sum(len(VOWEL_RE.findall(w)) for w in words)
-        if letters >= 20 and vowels / letters < self.min_vowel_share:
+        # Short English can be vowel-poor ("The stitching felt tight." has 24%).
+        if letters >= 30 and vowels / letters < self.min_vowel_share:
             return False, "few_vowels"
         wordlike = sum(len(w) for w in words if _wordlike(w))
         if wordlike / letters < self.min_wordlike_share:

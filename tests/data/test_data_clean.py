@@ -14,10 +14,18 @@ POSTS = [
     {"id": "p1", "text": "The kettle boils fast and the handle stays cool.", "label": "positive"},
     {"id": "p2", "text": "the kettle boils fast and  the handle stays cool.", "label": "positive"},
     {"id": "p3", "text": "ok", "label": "neutral"},
-    {"id": "p4", "text": f"Refund went to card {CARD}, mail me at a.b@example.com", "label": "neutral"},
+    {
+        "id": "p4",
+        "text": f"Refund went to card {CARD}, mail me at a.b@example.com",
+        "label": "neutral",
+    },
     {"id": "p5", "text": "Der Wasserkocher ist sehr laut und nicht gut.", "label": "negative"},
     {"id": "p6", "text": "电池续航很好，物流也很快，推荐购买。", "label": "positive"},
-    {"id": "p7", "text": "Buy cheap phones at http://spam.example.com now! " * 6, "label": "neutral"},
+    {
+        "id": "p7",
+        "text": "Buy cheap phones at http://spam.example.com now! " * 6,
+        "label": "neutral",
+    },
 ]
 
 
@@ -91,7 +99,7 @@ def test_clean_sources_writes_shards_stats_and_metrics(tmp_path, corpus):
     assert stats["pii"] == {"EMAIL": 1, "PHONE": 0, "ID_CN": 0, "BANK_CARD": 1, "IP": 0}
     assert stats["languages"] == {"en": 2, "zh": 2}
     funnel = {f["step"]: f for f in stats["funnel"]}
-    assert list(funnel)[0] == "read" and funnel["read"]["docs_out"] == 9
+    assert next(iter(funnel)) == "read" and funnel["read"]["docs_out"] == 9
     assert funnel["dedup"]["dropped"] == {"exact_duplicate": 1}
     assert all(f["docs_in"] - f["docs_out"] == sum(f["dropped"].values()) for f in funnel.values())
     assert stats["sources"]["posts"] == {"records": 8, "documents": 7, "malformed": 1}
@@ -103,7 +111,12 @@ def test_clean_sources_writes_shards_stats_and_metrics(tmp_path, corpus):
     assert stats["clean_docs_lost_by"] == {"not read": 1}
     kinds = stats["noise_kinds"]
     assert kinds["pii"] == {
-        "docs": 1, "removed": 0, "fixed": 1, "left": 0, "handled_rate": 1.0, "removed_by": {}
+        "docs": 1,
+        "removed": 0,
+        "fixed": 1,
+        "left": 0,
+        "handled_rate": 1.0,
+        "removed_by": {},
     }
     assert kinds["too_short"]["removed_by"] == {"length:too_short": 2}
     assert kinds["exact_duplicate"]["removed"] == 1
@@ -126,7 +139,9 @@ def test_noise_left_in_kept_documents_is_measured(tmp_path, corpus):
 
 def test_rerun_with_fewer_documents_leaves_no_stale_shards(tmp_path):
     posts = tmp_path / "posts.jsonl"
-    write_posts(posts, [{"id": str(i), "text": f"Review number {i} says it works well."} for i in range(7)])
+    write_posts(
+        posts, [{"id": str(i), "text": f"Review number {i} says it works well."} for i in range(7)]
+    )
     out = tmp_path / "out"
     clean_sources([SourceConfig(path=str(posts))], out, DataConfig(shard_docs=2))
     assert len(list((out / "clean").glob("part-*.parquet"))) == 4
@@ -159,7 +174,7 @@ def test_sources_from_paths(tmp_path):
     sources = sources_from_paths([str(tmp_path / "a.jsonl.gz"), str(tmp_path / "folder")])
     assert [s.path for s in sources] == [str(tmp_path / "a.jsonl.gz"), str(tmp_path / "folder")]
     assert all(s.kind == "auto" for s in sources)
-    with pytest.raises(InputDataError, match="input not found: .*missing.csv"):
+    with pytest.raises(InputDataError, match=r"input not found: .*missing\.csv"):
         sources_from_paths([str(tmp_path / "missing.csv")])
     (tmp_path / "data.xlsx").write_bytes(b"")
     with pytest.raises(InputDataError, match=r"data.xlsx.*supported: .*\.csv"):
@@ -172,4 +187,6 @@ def test_ground_truth_errors_name_the_file(tmp_path):
     bad = tmp_path / "truth.jsonl"
     bad.write_text('{"noise": []}\n')
     with pytest.raises(InputDataError, match=r"truth.jsonl line 1"):
-        clean_sources([SourceConfig(path=str(posts))], tmp_path / "o", DataConfig(), ground_truth=bad)
+        clean_sources(
+            [SourceConfig(path=str(posts))], tmp_path / "o", DataConfig(), ground_truth=bad
+        )

@@ -11,6 +11,7 @@ from lmforge.data.steps.quality import (
     MojibakeFilter,
     RepetitionFilter,
 )
+from lmforge.errors import ConfigError
 
 
 def verdict(step: BaseFilter, text: str, content: str | None = None) -> str | None:
@@ -52,6 +53,9 @@ def test_repetition_drops_spam_and_keeps_emphatic_reviews():
     assert verdict(f, "好好好好好好好好") == "repeated_ngram"
     assert verdict(f, "好吃。速度快,哈哈哈哈哈哈") is None
     assert verdict(f, "特别好吃,量特大,而且送餐特别快,特别特别棒") is None
+    assert (
+        verdict(f, "新家买了台电饭煲,说不上好也说不上坏,说不上好也说不上坏。后续再来追评。") is None
+    )
     review = (
         "The battery is great and the screen is great. The battery lasts two days, "
         "the screen is sharp, and the price is fair."
@@ -63,7 +67,10 @@ def test_boilerplate_only_documents_are_dropped():
     f = BoilerplateFilter()
     assert verdict(f, "Home | Shop | Deals | Account | Cart") == "boilerplate"
     assert verdict(f, "We use cookies to improve your experience. Accept all") == "boilerplate"
-    assert verdict(f, "首页 | 商城 | 优惠 | 我的订单 | 购物车 猜你喜欢:热销榜 | 新品推荐") == "boilerplate"
+    assert (
+        verdict(f, "首页 | 商城 | 优惠 | 我的订单 | 购物车 猜你喜欢:热销榜 | 新品推荐")
+        == "boilerplate"
+    )
     assert verdict(f, "Loading... Please enable JavaScript to view the comments.") == "boilerplate"
     assert verdict(f, 'function(){var a = "x"; window.dataLayer.push({a:1});}') == "boilerplate"
 
@@ -86,12 +93,19 @@ def test_reviews_that_mention_web_words_are_kept(review):
 def test_gibberish_is_dropped_and_real_text_kept():
     f = GibberishFilter()
     assert verdict(f, "vbzmznzvzzcvvzvccmcvmnxxxmcbnxvcm") == "few_vowels"
-    assert verdict(f, "asdfgh jklqwe asdf qwer zxcv lkjhg") == "few_vowels"
+    assert verdict(f, "asdfgh jklqwe asdf qwer zxcv lkjhg") == "unpronounceable"
+    assert verdict(f, "lnp zfq rrqz wtk") == "unpronounceable"
+    assert verdict(f, "m&qw&lbzu87x*!a+tuo&b&+%!9b6f!hg9i~$2pp#ea") == "symbol_soup"
     assert verdict(f, "weeeeiyiwoeyoeotopwuyrwyqwituquioiyyipqtoupyyeu") == "unpronounceable"
     assert verdict(f, "鐢垫睜缁鑸寰堝ソ鐗╂祦") == "rare_characters"
-    assert verdict(f, "Its strengths are worthwhile: a steady rhythm and twelfth-gen chips.") is None
+    assert (
+        verdict(f, "Its strengths are worthwhile: a steady rhythm and twelfth-gen chips.") is None
+    )
     assert verdict(f, "蒙牛冠益乳很好吃 我在:http:t.cn/zjvN4Md") is None
     assert verdict(f, "The TP-LINK TL-WR886N router works fine.") is None
+    assert verdict(f, "The stitching felt tight.") is None
+    assert verdict(f, "好吃~~~还不贵~~~还比预计的时间早~~~") is None
+    assert verdict(f, "I paid $5 + $3 = $8 for both, mail me@example.com") is None
 
 
 def test_unrepaired_mojibake_is_dropped():
@@ -125,3 +139,5 @@ def test_language_filter_sets_lang_and_keeps_configured_languages():
     assert LanguageFilter(["zh", "en"]).process(doc) == "lang_other"
     assert doc.lang == "other"
     assert LanguageFilter(["en", "other"]).process(doc) is None
+    with pytest.raises(ConfigError, match=r"'de' cannot be detected; use zh, en, other"):
+        LanguageFilter(["en", "de"])

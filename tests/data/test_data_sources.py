@@ -24,9 +24,16 @@ def write_jsonl(path, rows, opener=open):
 
 def test_jsonl_keeps_ids_labels_and_extra_fields_with_byte_offsets(tmp_path):
     path = tmp_path / "posts.jsonl"
-    write_jsonl(path, [{"id": "a", "text": "电池很好", "label": "positive", "user": "u1"}, {"text": "x"}])
+    write_jsonl(
+        path, [{"id": "a", "text": "电池很好", "label": "positive", "user": "u1"}, {"text": "x"}]
+    )
     first, second = read(path)
-    assert (first.id, first.text, first.label, first.source) == ("a", "电池很好", "positive", "posts")
+    assert (first.id, first.text, first.label, first.source) == (
+        "a",
+        "电池很好",
+        "positive",
+        "posts",
+    )
     assert first.meta == {
         "source": "posts",
         "reader": "jsonl",
@@ -48,9 +55,16 @@ def test_records_without_id_get_a_stable_id_that_differs_by_position(tmp_path):
 
 def test_jsonl_malformed_lines_are_reported_and_reading_goes_on(tmp_path):
     path = tmp_path / "p.jsonl"
-    write_jsonl(path, ['{"id": "a", "text": "fine"}', '{"id": "b", "te', "[1, 2]", '{"id": "c"}', ""])
+    write_jsonl(
+        path, ['{"id": "a", "text": "fine"}', '{"id": "b", "te', "[1, 2]", '{"id": "c"}', ""]
+    )
     records = read(path)
-    assert [type(r).__name__ for r in records] == ["Document", "Malformed", "Malformed", "Malformed"]
+    assert [type(r).__name__ for r in records] == [
+        "Document",
+        "Malformed",
+        "Malformed",
+        "Malformed",
+    ]
     reasons = [r.reason for r in records[1:]]
     assert reasons[0].startswith("bad JSON")
     assert reasons[1] == "line is not a JSON object"

@@ -56,7 +56,9 @@ def test_clean_text_is_left_alone(clean):
 
 
 def test_normalize_applies_nfkc_and_removes_controls_and_extra_space():
-    text, fixes = normalize_text("ＡＢＣ１２３，好\u200b的\x00\n\n\n  two   spaces\t\ttab \u3000end ")
+    text, fixes = normalize_text(
+        "ＡＢＣ１２３，好\u200b的\x00\n\n\n  two   spaces\t\ttab \u3000end "
+    )
     assert text == "ABC123,好的\ntwo spaces tab end"
     assert {"nfkc", "control_chars_removed"} <= set(fixes)
 
