@@ -39,17 +39,24 @@ def test_empty_series_render_a_note_not_a_crash():
     assert "no data" in histogram([], "t", "x")
 
 
-def test_funnel_flattens_nested_counts():
+def test_funnel_flattens_step_rows_and_nested_counts():
     items = funnel_items({"quality": {"too_short": 3, "spam": 2}, "dedup": {"exact": 5}})
     assert ("quality: too_short", 3.0) in items and ("dedup: exact", 5.0) in items
+    rows = [{"step": "length", "docs_in": 5, "docs_out": 3, "dropped": {"empty": 2}}]
+    assert funnel_items(rows) == [("length: empty", 2.0)]
 
 
 def test_report_stage_writes_json_contract_and_html(tmp_path):
     cfg = load_config(None, [f"workdir={tmp_path}"])
     ws = Workspace(tmp_path)
+    funnel = [
+        {"step": "read", "docs_in": 10, "docs_out": 9, "dropped": {"bad JSON": 1}},
+        {"step": "length", "docs_in": 9, "docs_out": 8, "dropped": {"too_short": 1}},
+    ]
+    noise = {"pii": {"docs": 3, "removed": 0, "fixed": 3, "removed_by": {}}}
     atomic_write_json(
         ws.stage_dir("data") / "summary.json",
-        {"docs_in": 10, "docs_out": 8, "funnel": {"quality": {"too_short": 2}}},
+        {"docs_in": 10, "docs_out": 8, "funnel": funnel, "pii": {"EMAIL": 2}, "noise_kinds": noise},
     )
     atomic_write_json(ws.stage_dir("bench") / "summary.json", {"requests": 5, "errors": 0})
     atomic_write_json(ws.stage_dir("bench") / "latencies.json", [1.0, 2.0, 3.0])
@@ -62,7 +69,8 @@ def test_report_stage_writes_json_contract_and_html(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["data"]["docs_out"] == 8 and report["bench"]["errors"] == 0
     html = (tmp_path / "report.html").read_text()
-    assert html.count("<svg") >= 4 and "too_short" in html
+    assert html.count("<svg") >= 5 and "too_short" in html and "bad JSON" in html
+    assert "EMAIL" in html and "<td>pii</td>" in html
     assert result.summary["html"].endswith("report.html")
 
 

@@ -53,7 +53,11 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def funnel_items(funnel: Any, prefix: str = "") -> list[tuple[str, float]]:
-    """Flatten a funnel (nested {step: {reason: count}} or a list of rows) into bar items."""
+    """Flatten a funnel into bar items "step: reason" -> count.
+
+    Accepts the data stage's list of step rows (`{"step", "dropped": {reason: n}}`) and
+    nested `{step: {reason: n}}` mappings.
+    """
     items: list[tuple[str, float]] = []
     if isinstance(funnel, dict):
         for key, value in funnel.items():
@@ -64,10 +68,33 @@ def funnel_items(funnel: Any, prefix: str = "") -> list[tuple[str, float]]:
                 items.extend(funnel_items(value, f"{label}: "))
     elif isinstance(funnel, list):
         for row in funnel:
-            if isinstance(row, dict) and "count" in row:
-                name = ": ".join(str(row[k]) for k in ("step", "reason") if row.get(k))
-                items.append((name or "?", float(row["count"])))
+            if isinstance(row, dict) and isinstance(row.get("dropped"), dict):
+                items.extend(funnel_items(row["dropped"], f"{row.get('step', '?')}: "))
     return items
+
+
+def remaining_items(funnel: Any) -> list[tuple[str, float]]:
+    """Documents left after each step, in pipeline order (the funnel's shape)."""
+    if not isinstance(funnel, list):
+        return []
+    rows = [r for r in funnel if isinstance(r, dict) and "docs_out" in r]
+    if not rows:
+        return []
+    first = rows[0]
+    start = [("input", float(first["docs_in"]))] if "docs_in" in first else []
+    return start + [(str(r.get("step", "?")), float(r["docs_out"])) for r in rows]
+
+
+def _noise_rows(kinds: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for kind, value in sorted(kinds.items()):
+        row = {"kind": kind}
+        if isinstance(value, dict):
+            row.update({k: v for k, v in value.items() if not isinstance(v, dict | list)})
+        else:
+            row["docs"] = value
+        rows.append(row)
+    return rows
 
 
 def render_report(
@@ -89,27 +116,25 @@ def render_report(
             "clean_docs_lost_rate",
             "seconds",
         ]
-        removed = [
-            (label, value)
-            for label, value in funnel_items(data.get("funnel", {}))
-            if value > 0 and "kept" not in label
-        ]
-        removed.sort(key=lambda item: -item[1])
-        pii = funnel_items(data.get("pii_counts", {}))
+        funnel = data.get("funnel", [])
+        removed = sorted(
+            ((label, v) for label, v in funnel_items(funnel) if v > 0), key=lambda i: -i[1]
+        )
+        pii = sorted(funnel_items(data.get("pii", {})), key=lambda i: -i[1])
         sections.append(
             "<h2>Data</h2><div class='grid'>"
             + key_value_table(data, keys)
+            + svg.bar_chart(remaining_items(funnel), "Documents left after each step", "docs")
             + svg.bar_chart(removed[:20], "What was removed, and why", "documents")
             + (svg.bar_chart(pii, "PII masked, by type", "identifiers") if pii else "")
             + "</div>"
         )
-        kinds = data.get("noise_by_kind")
+        kinds = data.get("noise_kinds")
         if isinstance(kinds, dict) and kinds:
-            rows = [
-                {"kind": k, **v} if isinstance(v, dict) else {"kind": k, "count": v}
-                for k, v in kinds.items()
-            ]
-            sections.append("<h3>Planted noise, by kind</h3>" + rows_table(rows))
+            sections.append(
+                "<h3>Planted noise against the ground truth, by kind</h3>"
+                + rows_table(_noise_rows(kinds))
+            )
     train = report.get("train")
     if train:
         steps = [r for r in train_curve if r.get("kind", "train") == "train" and "loss" in r]
