@@ -10,12 +10,12 @@ from typing import Any
 
 DEMO: dict[str, Any] = {
     "workdir": "runs/demo",
-    "corpus": {"docs": 10000, "noise_rate": 0.37, "seed": 0},
+    "corpus": {"docs": 40000, "noise_rate": 0.37, "seed": 0},
     "train": {
-        "max_steps": 1200,
+        "max_steps": 2000,
         "batch_size": 32,
-        "eval_every": 200,
-        "checkpoint_every": 200,
+        "eval_every": 250,
+        "checkpoint_every": 250,
         "model": {"d_model": 128, "n_layers": 2, "n_heads": 4, "d_ff": 256, "max_len": 128},
     },
     "compress": {"latency_repeats": 30},
@@ -24,11 +24,11 @@ DEMO: dict[str, Any] = {
 
 DEMO_QUICK: dict[str, Any] = {
     "workdir": "runs/demo-quick",
-    "corpus": {"docs": 2000, "noise_rate": 0.37, "seed": 0},
+    "corpus": {"docs": 5000, "noise_rate": 0.37, "seed": 0},
     "train": {
-        "max_steps": 300,
+        "max_steps": 500,
         "batch_size": 32,
-        "warmup_steps": 30,
+        "warmup_steps": 50,
         "eval_every": 100,
         "checkpoint_every": 100,
         "tokenizer": {"vocab_size": 4000},

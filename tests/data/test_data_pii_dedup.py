@@ -3,8 +3,9 @@ import random
 import pytest
 
 from lmforge.data.document import Document
-from lmforge.data.steps.dedup import ExactDedup, HashSet64, dedup_key
+from lmforge.data.steps.dedup import ExactDedup
 from lmforge.data.steps.pii import PiiMasker, mask_pii
+from lmforge.text.hashing import HashSet64, dedup_key
 from lmforge.text.identifiers import cn_id_check_char, luhn_check_digit
 
 CARD = "622202123456789" + luhn_check_digit("622202123456789")  # 16 digits, Luhn-valid

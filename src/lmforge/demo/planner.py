@@ -7,6 +7,7 @@ Memory stays bounded: only a fixed pool of recent clean originals is kept for du
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import random
@@ -16,12 +17,14 @@ from lmforge.config import CorpusConfig
 from lmforge.demo import bank_en, bank_misc, bank_zh, noise
 from lmforge.demo.doc import RECORD_SOURCES, SOURCES, CorpusDoc
 from lmforge.demo.pii import make_identifier, plant_identifiers
-from lmforge.demo.reviews import LABELS, compose_review
+from lmforge.demo.reviews import LABELS, Review, compose_review
+from lmforge.text.hashing import HashSet64, dedup_key
 
 SOURCE_WEIGHTS = (0.25, 0.40, 0.20, 0.15)  # web, posts, records_csv, records_sql
 LABEL_WEIGHTS = (0.34, 0.30, 0.36)  # negative, neutral, positive (before flips)
 FLIP_RATE = 0.03  # labels replaced by another class: annotator noise
 POOL_SIZE = 512  # recent clean originals per source family, for duplicates
+_UNIQUE_TRIES = 50  # redraws of a review whose text was already used
 NOISE_BLOCK = 100  # the noisy share is exact within every block of this many documents
 _ID_PREFIX = {"web": "web", "posts": "post", "records_csv": "csv", "records_sql": "sql"}
 _EPOCH = dt.datetime(2024, 1, 1)
@@ -100,6 +103,7 @@ class DocumentPlanner:
         self.noise_rng, self.meta_rng = rng("noise"), rng("meta")
         self.schedule = NoiseSchedule(rng("schedule"), cfg.noise_rate, cfg.docs)
         self.pool = OriginalsPool(POOL_SIZE)
+        self._review_keys = HashSet64()
         self._ready: list[CorpusDoc] = []
 
     def build(self, index: int) -> CorpusDoc:
@@ -181,8 +185,21 @@ class DocumentPlanner:
             return self.plan_rng.choice([other for other in LABELS if other != label])
         return label
 
+    def _unique_review(self, lang: str, label: str) -> Review:
+        """A review whose normalised text no earlier review had: the ground truth calls every
+        non-copy clean, so an accidental repeat would be a duplicate it does not know of."""
+        for _ in range(_UNIQUE_TRIES):
+            review = compose_review(self.text_rng, lang, label)
+            if self._review_keys.add(dedup_key(review.text)):
+                return review
+        # The phrase banks are nearly exhausted for this label: append a distinguishing detail.
+        while not self._review_keys.add(dedup_key(review.text)):
+            tag = f" #{self.meta_rng.randrange(10**6)}"
+            review = dataclasses.replace(review, text=review.text + tag)
+        return review
+
     def _review(self, doc: CorpusDoc, kinds: tuple[str, ...]) -> None:
-        review = compose_review(self.text_rng, doc.lang, doc.label)
+        review = self._unique_review(doc.lang, doc.label)
         doc.label = self._flip(review.label)
         doc.product, doc.category, doc.text = review.product, review.category, review.text
         markers: list[str] = []

@@ -2,60 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import unicodedata
-from array import array
-
 from lmforge.data.document import Document
 from lmforge.data.steps.base import BaseFilter
-
-
-def dedup_key(text: str) -> int:
-    """64-bit hash of the text after NFKC, casefolding and whitespace collapse."""
-    folded = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-    return int.from_bytes(hashlib.blake2b(folded.encode(), digest_size=8).digest(), "little")
-
-
-class HashSet64:
-    """A set of 64-bit hashes in one flat array (open addressing, linear probing).
-
-    8 bytes per slot, at most half the slots used: 8-16 bytes per document, against ~70
-    for a Python set of ints.
-    """
-
-    def __init__(self, capacity: int = 1 << 16) -> None:
-        self._slots = array("Q", bytes(8 * capacity))
-        self._mask = capacity - 1
-        self._size = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def add(self, key: int) -> bool:
-        """Insert `key`; False if it was already there."""
-        key = key or 1  # 0 marks an empty slot
-        slots, mask = self._slots, self._mask
-        i = key & mask
-        while True:
-            held = slots[i]
-            if held == key:
-                return False
-            if held == 0:
-                slots[i] = key
-                self._size += 1
-                if 2 * self._size > len(slots):
-                    self._grow()
-                return True
-            i = (i + 1) & mask
-
-    def _grow(self) -> None:
-        old = self._slots
-        self._slots = array("Q", bytes(16 * len(old)))
-        self._mask = len(self._slots) - 1
-        self._size = 0
-        for key in old:
-            if key:
-                self.add(key)
+from lmforge.text.hashing import HashSet64, dedup_key
 
 
 class ExactDedup(BaseFilter):
