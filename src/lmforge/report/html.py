@@ -85,6 +85,15 @@ def remaining_items(funnel: Any) -> list[tuple[str, float]]:
     return start + [(str(r.get("step", "?")), float(r["docs_out"])) for r in rows]
 
 
+def _ema(points: list[tuple[float, float]], decay: float) -> list[tuple[float, float]]:
+    """Exponential moving average of a noisy curve, bias-corrected for the first points."""
+    out, avg = [], 0.0
+    for i, (x, y) in enumerate(points, start=1):
+        avg = decay * avg + (1 - decay) * y
+        out.append((x, avg / (1 - decay**i)))
+    return out
+
+
 def _noise_rows(kinds: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for kind, value in sorted(kinds.items()):
@@ -139,7 +148,8 @@ def render_report(
     if train:
         steps = [r for r in train_curve if r.get("kind", "train") == "train" and "loss" in r]
         evals = [r for r in train_curve if r.get("kind") == "eval"]
-        loss = {"train loss": [(r["step"], r["loss"]) for r in steps]}
+        raw = [(r["step"], r["loss"]) for r in steps]
+        loss = {"train loss": raw, "train loss (EMA 0.95)": _ema(raw, 0.95)}
         if evals and "eval_loss" in evals[0]:
             loss["eval loss"] = [(r["step"], r["eval_loss"]) for r in evals]
         acc = {
