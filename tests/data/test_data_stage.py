@@ -8,6 +8,7 @@ from lmforge.config import load_config
 from lmforge.data import stage
 from lmforge.errors import StageError
 from lmforge.pipeline import run_stage, stage_spec
+from lmforge.report.contract import REPORT_CONTRACT
 from lmforge.workspace import Workspace
 
 
@@ -34,7 +35,7 @@ def test_stage_run_writes_shards_and_a_report_summary(tmp_path):
     ws = Workspace(cfg.workdir)
     assert stage.stage_inputs(cfg, ws) == [posts]
     result = stage.run(cfg, ws, quiet())
-    for key in stage.SUMMARY_KEYS:
+    for key in REPORT_CONTRACT["data"]:
         assert key in result.summary
     assert result.summary["docs_in"] == 3 and result.summary["docs_out"] == 2
     assert result.summary["noise_rate_before"] is None  # no ground truth for user data

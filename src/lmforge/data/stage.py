@@ -10,16 +10,8 @@ from rich.console import Console
 from lmforge.config import RunConfig, SourceConfig
 from lmforge.errors import StageError
 from lmforge.pipeline import StageResult
+from lmforge.report.contract import REPORT_CONTRACT
 from lmforge.workspace import Workspace
-
-SUMMARY_KEYS = (
-    "docs_in",
-    "docs_out",
-    "noise_rate_before",
-    "noise_rate_after",
-    "clean_docs_lost_rate",
-    "seconds",
-)
 
 
 def _corpus_dir(ws: Workspace) -> Path:
@@ -66,7 +58,7 @@ def run(cfg: RunConfig, ws: Workspace, console: Console) -> StageResult:
     stats = clean_sources(
         _sources(cfg, ws), out_dir, cfg.data, console, ground_truth=_ground_truth(cfg, ws)
     )
-    summary = {key: stats[key] for key in SUMMARY_KEYS}
+    summary = {key: stats[key] for key in REPORT_CONTRACT["data"]}
     summary["docs_rejected"] = stats["docs_rejected"]
     summary["funnel"] = stats["funnel"]
     summary["pii"] = stats["pii"]

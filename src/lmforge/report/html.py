@@ -8,6 +8,7 @@ from html import escape
 from typing import Any
 
 from lmforge.report import svg
+from lmforge.report.contract import REPORT_CONTRACT
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;max-width:1180px;margin:24px auto;padding:0 16px}
@@ -117,14 +118,7 @@ def render_report(
     ]
     data = report.get("data")
     if data:
-        keys = [
-            "docs_in",
-            "docs_out",
-            "noise_rate_before",
-            "noise_rate_after",
-            "clean_docs_lost_rate",
-            "seconds",
-        ]
+        keys = REPORT_CONTRACT["data"]
         funnel = data.get("funnel", [])
         removed = sorted(
             ((label, v) for label, v in funnel_items(funnel) if v > 0), key=lambda i: -i[1]
@@ -157,14 +151,7 @@ def render_report(
                 (r["step"], r["eval_accuracy"]) for r in evals if "eval_accuracy" in r
             ]
         }
-        keys = [
-            "steps",
-            "final_loss",
-            "eval_accuracy",
-            "majority_class_accuracy",
-            "tokens_per_second",
-            "seconds",
-        ]
+        keys = REPORT_CONTRACT["train"]
         sections.append(
             "<h2>Training</h2><div class='grid'>"
             + key_value_table(train, keys)
