@@ -119,6 +119,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(100, ge=1)
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = library default.")
+    baseline: bool = Field(
+        True, description="Also fit TF-IDF n-grams + logistic regression: the floor to beat."
+    )
 
 
 class CompressConfig(Section):

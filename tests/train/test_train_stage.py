@@ -53,6 +53,8 @@ def test_stage_learns_the_word_combination_and_registers(tiny_run_config: RunCon
     assert summary["eval_accuracy"] > summary["majority_class_accuracy"] + 0.3
     assert set(summary["per_class"]) == {"bad", "good", "mixed"}
     assert summary["params"] > 0 and summary["tokens_per_second"] > 0
+    assert summary["baseline"]["method"].startswith("tfidf")
+    assert summary["baseline_accuracy"] > summary["majority_class_accuracy"]
 
     out = ws.stage_dir("train")
     for name in ("tokenizer.json", "metrics.jsonl", "eval.parquet", "summary.json"):

@@ -151,7 +151,7 @@ def render_report(
                 (r["step"], r["eval_accuracy"]) for r in evals if "eval_accuracy" in r
             ]
         }
-        keys = REPORT_CONTRACT["train"]
+        keys = [*REPORT_CONTRACT["train"], "baseline_accuracy", "macro_f1", "params"]
         sections.append(
             "<h2>Training</h2><div class='grid'>"
             + key_value_table(train, keys)

@@ -20,6 +20,7 @@ HEADLINES: dict[str, tuple[tuple[str, str], ...]] = {
         ("final_loss", "final loss"),
         ("eval_accuracy", "eval accuracy"),
         ("majority_class_accuracy", "majority-class accuracy"),
+        ("baseline_accuracy", "TF-IDF+LR floor accuracy"),
         ("tokens_per_second", "tokens/s"),
     ),
     "compress": (

@@ -27,6 +27,7 @@ from lmforge.text.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from lmforge.train.baseline import tfidf_baseline
 from lmforge.train.checkpoint import latest_checkpoint, read_state
 from lmforge.train.classify import (
     class_report,
@@ -52,9 +53,10 @@ def stage_inputs(cfg: RunConfig, ws: Workspace) -> list[Path]:
 
 
 def training_config_hash(cfg: RunConfig) -> str:
-    """Hash of what decides the numbers; `threads` changes speed only, so resume ignores it."""
+    """Hash of what decides the weights; resume ignores `threads` (speed only) and `baseline`."""
     section = cfg.train.model_dump(mode="json")
     section.pop("threads", None)
+    section.pop("baseline", None)  # the floor is measured beside the model, not inside it
     return hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -125,6 +127,11 @@ def run(cfg: RunConfig, ws: Workspace, console: Console) -> StageResult:
     )
     result = trainer.fit()
 
+    baseline = None
+    if tc.baseline:
+        baseline = tfidf_baseline(
+            data.train.texts, data.train.labels, data.eval.texts, data.eval.labels
+        )
     pred, gold, eval_loss = predict_classes(model, eval_batches)
     report = class_report(pred, gold, data.labels)
     model_dir = save_model_dir(out / "model", model, tokenizer, data.labels)
@@ -146,6 +153,8 @@ def run(cfg: RunConfig, ws: Workspace, console: Console) -> StageResult:
         "precision": tc.precision,
         "resumed_from_step": result.resumed_from,
         "model_name": tc.model_name,
+        "baseline_accuracy": baseline["accuracy"] if baseline else None,
+        "baseline": baseline,
     }
     registry = ModelRegistry(ws.registry_dir)
     version = registry.register(
@@ -159,9 +168,11 @@ def run(cfg: RunConfig, ws: Workspace, console: Console) -> StageResult:
         alias="production",
     )
     summary["model_version"] = version.version
+    floor = f", TF-IDF+LR floor {baseline['accuracy']:.3f}" if baseline else ""
     console.print(
         f"eval accuracy {report['eval_accuracy']:.3f} (majority class "
-        f"{report['majority_class_accuracy']:.3f}), registered {tc.model_name} v{version.version}"
+        f"{report['majority_class_accuracy']:.3f}{floor}), "
+        f"registered {tc.model_name} v{version.version}"
     )
     outputs = [tok_path, trainer.metrics_path, eval_path, *sorted(model_dir.iterdir())]
     return StageResult(summary=summary, outputs=outputs)
