@@ -13,7 +13,8 @@ DEMO: dict[str, Any] = {
     "corpus": {"docs": 40000, "noise_rate": 0.37, "seed": 0},
     "train": {
         "max_steps": 2000,
-        "batch_size": 32,
+        "batch_size": 64,
+        "lr": 2e-3,
         "eval_every": 250,
         "checkpoint_every": 250,
         "model": {"d_model": 128, "n_layers": 2, "n_heads": 4, "d_ff": 256, "max_len": 128},
