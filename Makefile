@@ -8,17 +8,19 @@ STAMP := $(VENV)/.lmforge-installed
 
 setup: $(STAMP)
 
-# torch is installed only when the interpreter lacks it; a user's own (e.g. CUDA) torch is kept
-# by creating the venv on top of the system site-packages.
+# torch is installed only when the interpreter lacks it; a user's own (e.g. CUDA) torch >= 2.6
+# is kept by creating the venv on top of the system site-packages.
+HAS_TORCH := import torch; v = torch.__version__.split("+")[0].split("."); \
+	raise SystemExit(0 if (int(v[0]), int(v[1])) >= (2, 6) else 1)
 $(STAMP): pyproject.toml
-	@if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+	@if $(PYTHON) -c '$(HAS_TORCH)' >/dev/null 2>&1; then \
 		echo "using the torch already installed for $(PYTHON)"; \
 		$(PYTHON) -m venv --system-site-packages $(VENV); \
 	else \
 		$(PYTHON) -m venv $(VENV); \
 	fi
 	$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -c "import torch" >/dev/null 2>&1 || $(BIN)/python -m pip install -q torch==2.13.0
+	@$(BIN)/python -c '$(HAS_TORCH)' >/dev/null 2>&1 || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 

@@ -23,6 +23,7 @@ COMMANDS = [
     ["config", "schema"],
     ["registry"],
     ["registry", "list"],
+    ["registry", "promote"],
 ]
 
 
@@ -63,7 +64,7 @@ def test_config_schema_is_json_schema(capsys):
 def test_stage_without_its_input_names_the_missing_stage(tmp_path, capsys):
     assert main(["train", "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
-    assert "needs the 'data' stage" in err and "lmforge data" in err
+    assert "needs the 'data' stage" in err and "lmforge data run CONFIG" in err
 
 
 def test_module_entry_point_runs():
@@ -71,3 +72,28 @@ def test_module_entry_point_runs():
         [sys.executable, "-m", "lmforge", "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+def test_a_file_where_the_run_folder_should_be_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert main(["report", "--workdir", str(blocker)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1
+
+
+def test_registry_promote_moves_the_alias(tmp_path, tiny_registry, capsys):
+    from lmforge.registry import ModelRegistry
+
+    reg = ModelRegistry(tiny_registry)
+    reg.register("tiny", reg.get("tiny", 1).path)
+    assert main(["registry", "promote", "tiny", "2", "--registry", str(tiny_registry)]) == 0
+    assert reg.resolve("tiny").version == 2
+    assert main(["registry", "promote", "tiny", "9", "--registry", str(tiny_registry)]) == 2
+    assert "no version 9" in capsys.readouterr().err
+
+
+def test_serve_rejects_a_bad_port_in_one_line(tmp_path, tiny_registry, capsys):
+    assert main(["serve", "--registry", str(tiny_registry), "--port", "70000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--port" in err and len(err.splitlines()) == 1

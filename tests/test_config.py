@@ -87,3 +87,27 @@ def test_section_hash_changes_only_with_its_section():
     b = load_config(None, ["train.lr=0.002"])
     assert a.section_hash("train") != b.section_hash("train")
     assert a.section_hash("data") == b.section_hash("data")
+
+
+def test_set_paths_resolve_against_the_current_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    config = folder / "run.yaml"
+    config.write_text("workdir: from-file\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(config).workdir == str(folder / "from-file")
+    assert load_config(config, ["workdir=runs/mine"]).workdir == str(tmp_path / "runs" / "mine")
+    home = load_config(config, ["workdir=~/x"]).workdir
+    assert not home.startswith("~") and home.endswith("/x")
+
+
+def test_empty_workdir_is_refused():
+    with pytest.raises(ConfigError, match="workdir"):
+        load_config(None, ["workdir="])
+
+
+def test_non_utf8_config_is_a_clear_error(tmp_path):
+    path = tmp_path / "gbk.yaml"
+    path.write_bytes("train:\n  model_name: 模型\n".encode("gbk"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)

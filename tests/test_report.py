@@ -9,7 +9,7 @@ from lmforge.errors import StageError
 from lmforge.report import stage as report_stage
 from lmforge.report.html import funnel_items
 from lmforge.report.svg import _nice_ticks, histogram, line_chart
-from lmforge.workspace import Workspace, atomic_write_json
+from lmforge.workspace import SUCCESS_MARKER, Workspace, atomic_write_json
 
 
 def test_nice_ticks_cover_the_range_with_round_steps():
@@ -65,9 +65,13 @@ def test_report_stage_writes_json_contract_and_html(tmp_path):
         '{"kind": "eval", "step": 2, "eval_accuracy": 0.7}\n{"kind": "tra'
     )
     atomic_write_json(ws.stage_dir("train") / "summary.json", {"steps": 2, "eval_accuracy": 0.7})
+    for stage in ("data", "bench", "train"):
+        (ws.stage_dir(stage) / SUCCESS_MARKER).write_text("done\n")
+    atomic_write_json(ws.stage_dir("compress") / "summary.json", {"size_mb_before": 1.0})
     result = report_stage.run(cfg, ws, console=__import__("rich").console.Console(quiet=True))
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["data"]["docs_out"] == 8 and report["bench"]["errors"] == 0
+    assert "compress" not in report  # a summary without _SUCCESS is from an unfinished run
     html = (tmp_path / "report.html").read_text()
     assert html.count("<svg") >= 5 and "too_short" in html and "bad JSON" in html
     assert "EMAIL" in html and "<td>pii</td>" in html

@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from lmforge.errors import LmforgeError
 from lmforge.workspace import (
     SUCCESS_MARKER,
     Workspace,
@@ -71,3 +72,38 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     os.umask(umask)
     for name in ("x.json", "y.bin"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_stage_whose_outputs_were_deleted_is_not_up_to_date(tmp_path):
+    ws = Workspace(tmp_path)
+    out = ws.stage_dir("train") / "model.safetensors"
+    out.write_bytes(b"w")
+    ws.mark_complete("train", [out], ws.mark_started("train", {}, "c"), {})
+    assert ws.is_up_to_date("train", {}, "c")
+    out.unlink()
+    assert not ws.is_up_to_date("train", {}, "c")
+
+
+def test_restarting_a_stage_drops_its_old_summary(tmp_path):
+    ws = Workspace(tmp_path)
+    ws.mark_complete("data", [], ws.mark_started("data", {}, "c"), {"docs_out": 1})
+    ws.mark_started("data", {}, "c")
+    assert ws.summary("data") is None
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path):
+    atomic_write_json(tmp_path / "s.json", {"p50": float("nan"), "xs": [float("inf"), 1.0]})
+    assert json.loads((tmp_path / "s.json").read_text()) == {"p50": None, "xs": [None, 1.0]}
+
+
+def test_a_damaged_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(LmforgeError, match="delete it"):
+        Workspace(tmp_path).manifest()
+
+
+def test_inputs_inside_the_run_are_keyed_relative_to_it(tmp_path):
+    ws = Workspace(tmp_path / "run")
+    inside = str(ws.root / "data" / "x.parquet")
+    outside = str(tmp_path / "in.jsonl")
+    assert ws.relative_inputs({inside: "a", outside: "b"}) == {"data/x.parquet": "a", outside: "b"}

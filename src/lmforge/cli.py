@@ -11,16 +11,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from lmforge.config import RunConfig, config_schema, dump_config, load_config
-from lmforge.errors import LmforgeError, StageError
+from lmforge.errors import ConfigError, LmforgeError, StageError
 from lmforge.pipeline import STAGE_NAMES, run_pipeline, run_stage, stage_spec
 
 try:  # typer >= 0.20 vendors click; older releases use the click package
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
+
+# Older click has no NoArgsIsHelpError; an empty tuple makes its `except` clause match nothing.
+NoArgsIsHelpError = getattr(click_exc, "NoArgsIsHelpError", ())
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -75,7 +79,10 @@ def _check_prerequisites(stage: str, cfg: RunConfig, ws: Any) -> None:
     if stage == "data" and cfg.corpus is not None and not cfg.data.sources:
         needed = "corpus"
     if needed and not ws.is_complete(needed):
-        command = "lmforge run CONFIG --only corpus" if needed == "corpus" else f"lmforge {needed}"
+        command = {
+            "corpus": "lmforge run CONFIG --only corpus",
+            "data": "lmforge data run CONFIG",
+        }.get(needed, f"lmforge {needed} CONFIG")
         raise StageError(
             f"stage '{stage}' needs the '{needed}' stage's output in {ws.root}, which is missing; "
             f"run `{command}` first (or `lmforge run CONFIG` for everything)"
@@ -163,8 +170,9 @@ def data_clean(
     from lmforge.data.clean import clean_sources, sources_from_paths
 
     cfg = _load(config, sets, None)
+    truth = ground_truth or (Path(cfg.data.ground_truth) if cfg.data.ground_truth else None)
     stats = clean_sources(
-        sources_from_paths(inputs), Path(out), cfg.data, console, ground_truth=ground_truth
+        sources_from_paths(inputs), Path(out), cfg.data, console, ground_truth=truth
     )
     _print_summary({"data": stats}, "")
     console.print(f"wrote {out}/clean, {out}/rejected and {out}/stats.json")
@@ -198,11 +206,14 @@ def serve(
     """Serve the registry's production model over HTTP (POST /v1/predict)."""
     from lmforge.serve.server import run_server
 
-    overrides = list(sets or [])
-    for key, value in (("host", host), ("port", port), ("model", model)):
-        if value is not None:
-            overrides.append(f"serve.{key}={value}")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, list(sets or []))
+    # Typed options are set after loading, not through YAML: `--model 2024` stays a string.
+    try:
+        for key, value in (("host", host), ("port", port), ("model", model)):
+            if value is not None:
+                setattr(cfg.serve, key, value)
+    except ValidationError as exc:
+        raise ConfigError(f"--{exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
     registry_dir = registry if registry is not None else Path(cfg.workdir) / "registry"
     run_server(Path(registry_dir), cfg.serve, console=console)
 
@@ -273,6 +284,23 @@ def registry_list(
     console.print(table)
 
 
+@registry_app.command("promote")
+def registry_promote(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version number to point the alias at.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+    registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")] = Path(
+        "runs/demo/registry"
+    ),
+) -> None:
+    """Point an alias (default: production) at a version; the change is kept in the history."""
+    from lmforge.registry import ModelRegistry
+
+    reg = ModelRegistry(registry, create=False)
+    reg.set_alias(name, alias, version)
+    console.print(f"{name}: {alias} -> v{version}")
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -286,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         result = app(args=args, prog_name="lmforge", standalone_mode=False)
-    except click_exc.NoArgsIsHelpError:
+    except NoArgsIsHelpError:
         return 2  # the help text was already printed
     except click_exc.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
@@ -298,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as exc:
         _error(str(exc))
         return exc.exit_code
+    except OSError as exc:  # unwritable folder, a file where a folder should be, disk full
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}")
+        return 1
     except (KeyboardInterrupt, typer.Abort):
         result = 130
     if result == 130:  # typer turns Ctrl-C into exit code 130

@@ -156,7 +156,7 @@ class BenchConfig(Section):
 class RunConfig(Section):
     """A whole run. `workdir` holds every stage's artifacts and the model registry."""
 
-    workdir: str = "runs/demo"
+    workdir: str = Field("runs/demo", min_length=1, description="The run directory.")
     corpus: CorpusConfig | None = Field(
         None, description="Generate the embedded demo corpus as the data stage's input."
     )
@@ -244,42 +244,70 @@ def load_config(
 ) -> RunConfig:
     """Load YAML (or start from `base`), apply `--set` overrides, validate.
 
-    Relative source paths and `workdir` resolve against the config file's folder.
+    Relative paths written in the file (workdir, data sources, ground truth) resolve against
+    the file's folder; relative paths given with `--set` resolve against the current folder.
     """
     raw: dict[str, Any] = dict(base or {})
-    root = Path.cwd()
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config file {path} is not valid YAML{where}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, not a list")
-        raw.update(loaded)
-        root = path.resolve().parent
+        raw.update(_read_yaml(path))
+        _anchor_paths(raw, path.resolve().parent)
     raw = apply_overrides(raw, overrides or [])
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from None
-    return _resolve_paths(cfg, root)
+    return _resolve_paths(cfg, Path.cwd())
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not a list")
+    return loaded
+
+
+def _anchor(value: Any, root: Path) -> Any:
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        return str(root / value)
+    return value
+
+
+def _anchor_paths(raw: dict[str, Any], root: Path) -> None:
+    """Make the file's relative paths relative to the file, before overrides are applied."""
+    if "workdir" in raw:
+        raw["workdir"] = _anchor(raw["workdir"], root)
+    data = raw.get("data")
+    if isinstance(data, dict):
+        if "ground_truth" in data:
+            data["ground_truth"] = _anchor(data["ground_truth"], root)
+        for source in data.get("sources") or []:
+            if isinstance(source, dict) and "path" in source:
+                source["path"] = _anchor(source["path"], root)
+
+
+def _absolute(value: str, root: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (root / path).resolve())
 
 
 def _resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:
-    if not Path(cfg.workdir).is_absolute():
-        cfg.workdir = str((root / cfg.workdir).resolve())
+    cfg.workdir = _absolute(cfg.workdir, root)
     for source in cfg.data.sources:
-        if not Path(source.path).is_absolute():
-            source.path = str((root / source.path).resolve())
-    if cfg.data.ground_truth and not Path(cfg.data.ground_truth).is_absolute():
-        cfg.data.ground_truth = str((root / cfg.data.ground_truth).resolve())
+        source.path = _absolute(source.path, root)
+    if cfg.data.ground_truth:
+        cfg.data.ground_truth = _absolute(cfg.data.ground_truth, root)
     return cfg
 
 

@@ -67,7 +67,7 @@ def run_stage(
 ) -> tuple[str, StageResult | None]:
     """Run one stage; returns ("ran" | "skipped", result)."""
     module = importlib.import_module(spec.module)
-    inputs = hash_inputs(module.stage_inputs(cfg, ws))
+    inputs = ws.relative_inputs(hash_inputs(module.stage_inputs(cfg, ws)))
     chash = config_hash(cfg, spec)
     if not force and not spec.always and ws.is_up_to_date(spec.name, inputs, chash):
         console.print(f"[dim]- {spec.name}: up to date, skipped[/dim]")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -19,6 +20,8 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from lmforge.errors import LmforgeError
 
 SUCCESS_MARKER = "_SUCCESS"
 
@@ -54,8 +57,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _finite(obj: Any) -> Any:
+    """NaN and infinities become null: strict JSON readers reject them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    text = json.dumps(_finite(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 @contextmanager
@@ -133,7 +148,23 @@ class Workspace:
     def manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
             return {"stages": {}}
-        return read_json(self.manifest_path)
+        try:
+            manifest = read_json(self.manifest_path)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            manifest = None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
+            raise LmforgeError(
+                f"{self.manifest_path} is damaged; delete it to rerun every stage of this run"
+            )
+        return manifest
+
+    def relative_inputs(self, inputs: dict[str, str]) -> dict[str, str]:
+        """Key files inside the run by their path within it, so a moved run stays up to date."""
+        out = {}
+        for path, digest in inputs.items():
+            rel = os.path.relpath(path, self.root)
+            out[path if rel.startswith("..") else rel] = digest
+        return out
 
     def is_complete(self, stage: str) -> bool:
         return (self.stage_dir(stage, create=False) / SUCCESS_MARKER).exists()
@@ -142,6 +173,7 @@ class Workspace:
         return self.manifest()["stages"].get(stage)
 
     def is_up_to_date(self, stage: str, inputs: dict[str, str], config_hash: str) -> bool:
+        """Complete, same config and inputs, and every recorded output still on disk."""
         entry = self.stage_entry(stage)
         return (
             self.is_complete(stage)
@@ -149,10 +181,13 @@ class Workspace:
             and entry.get("status") == "complete"
             and entry.get("config_hash") == config_hash
             and entry.get("inputs") == inputs
+            and all((self.root / out).exists() for out in entry.get("outputs", []))
         )
 
     def mark_started(self, stage: str, inputs: dict[str, str], config_hash: str) -> float:
+        # The old summary goes too: a report must never mix a rerun's numbers with stale ones.
         (self.stage_dir(stage) / SUCCESS_MARKER).unlink(missing_ok=True)
+        (self.stage_dir(stage) / "summary.json").unlink(missing_ok=True)
         self._update(
             stage,
             {
@@ -170,7 +205,7 @@ class Workspace:
     ) -> None:
         seconds = time.perf_counter() - started
         atomic_write_json(self.stage_dir(stage) / "summary.json", summary)
-        rel = [str(Path(o).resolve().relative_to(self.root)) for o in outputs]
+        rel = [os.path.relpath(Path(o).absolute(), self.root) for o in outputs]
         self._update(
             stage,
             {"status": "complete", "outputs": rel, "finished_at": time.time(), "seconds": seconds},

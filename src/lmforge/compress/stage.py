@@ -138,7 +138,8 @@ def run(cfg: RunConfig, ws: Workspace, console: Console) -> StageResult:
         "latency_repeats": ccfg.latency_repeats,
         "table": table,
     }
-    return StageResult(summary=summary, outputs=list_files([out_dir]))
+    # The registered variant is an output too: deleting it from the registry reruns the stage.
+    return StageResult(summary=summary, outputs=list_files([out_dir, registered.path]))
 
 
 def _folder_quantization(version: ModelVersion) -> str | None:

@@ -24,7 +24,7 @@ def stage_inputs(cfg: RunConfig, ws: Workspace) -> list[Path]:
 def build_report(ws: Workspace) -> dict[str, Any]:
     report: dict[str, Any] = {"workdir": str(ws.root)}
     for stage in REPORTED_STAGES:
-        summary = ws.summary(stage)
+        summary = ws.summary(stage) if ws.is_complete(stage) else None
         if summary is not None:
             report[stage] = summary
     if len(report) == 1:

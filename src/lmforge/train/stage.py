@@ -174,5 +174,12 @@ def run(cfg: RunConfig, ws: Workspace, console: Console) -> StageResult:
         f"{report['majority_class_accuracy']:.3f}{floor}), "
         f"registered {tc.model_name} v{version.version}"
     )
-    outputs = [tok_path, trainer.metrics_path, eval_path, *sorted(model_dir.iterdir())]
+    # The registered copy is an output too: a deleted registry makes the stage run again.
+    outputs = [
+        tok_path,
+        trainer.metrics_path,
+        eval_path,
+        *sorted(model_dir.iterdir()),
+        *sorted(version.path.iterdir()),
+    ]
     return StageResult(summary=summary, outputs=outputs)
