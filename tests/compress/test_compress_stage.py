@@ -7,6 +7,7 @@ from lmforge.errors import ConfigError, InputDataError, StageError
 from lmforge.inference import TextClassifier
 from lmforge.pipeline import run_stage, stage_spec
 from lmforge.registry import ModelRegistry
+from lmforge.report.contract import REPORT_CONTRACT
 from lmforge.workspace import Workspace, read_json
 
 
@@ -22,14 +23,7 @@ def test_compress_stage_registers_int8_and_reports_before_after(tiny_workspace):
     status, result = run_stage(stage_spec("compress"), _cfg(ws), ws, Console(quiet=True))
     assert status == "ran"
     s = result.summary
-    for key in (
-        "size_mb_before",
-        "size_mb_after",
-        "latency_ms_before",
-        "latency_ms_after",
-        "accuracy_before",
-        "accuracy_after",
-    ):
+    for key in REPORT_CONTRACT["compress"]:
         assert isinstance(s[key], float), key
     assert s["size_mb_after"] < s["size_mb_before"]
     assert s["latency_ms_before"] > 0 and s["latency_ms_after"] > 0

@@ -9,18 +9,10 @@ from lmforge.config import RunConfig
 from lmforge.inference import TextClassifier
 from lmforge.pipeline import run_stage, stage_spec
 from lmforge.registry import ModelRegistry
+from lmforge.report.contract import REPORT_CONTRACT
 from lmforge.train import stage
 from lmforge.train.classify import classification_loss
 from lmforge.workspace import Workspace
-
-CONTRACT = {
-    "steps",
-    "final_loss",
-    "eval_accuracy",
-    "majority_class_accuracy",
-    "tokens_per_second",
-    "seconds",
-}
 
 
 def quiet() -> Console:
@@ -47,7 +39,12 @@ def test_stage_learns_the_word_combination_and_registers(tiny_run_config: RunCon
     status, result = run_stage(stage_spec("train"), tiny_run_config, ws, quiet())
     assert status == "ran" and ws.is_complete("train")
     summary = result.summary
-    assert summary.keys() >= CONTRACT | {"model_name", "model_version", "labels", "n_train"}
+    assert summary.keys() >= set(REPORT_CONTRACT["train"]) | {
+        "model_name",
+        "model_version",
+        "labels",
+        "n_train",
+    }
     assert summary["steps"] == 150 and summary["n_train"] + summary["n_eval"] == 900
     assert summary["majority_class_accuracy"] < 0.6
     assert summary["eval_accuracy"] > summary["majority_class_accuracy"] + 0.3
