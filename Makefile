@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lmforge-installed
+TEST_STAMP := $(VENV)/.lmforge-test-extras
 
 .PHONY: demo demo-quick test lint format setup clean
 
@@ -38,7 +39,12 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-test: lint
+# The tests also cover the optional engines (Ray Data, Hugging Face datasets).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,ray,hf]'
+	@touch $(TEST_STAMP)
+
+test: lint $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from lmforge.config import RunConfig, config_schema, dump_config, load_config
-from lmforge.errors import ConfigError, LmforgeError, StageError
+from lmforge.errors import ConfigError, InputDataError, LmforgeError, StageError
 from lmforge.pipeline import STAGE_NAMES, run_pipeline, run_stage, stage_spec
 
 try:  # typer >= 0.20 vendors click; older releases use the click package
@@ -154,25 +154,61 @@ def data_run(config: ConfigArg = None, sets: SetOpt = None, workdir: WorkdirOpt 
 
 @data_app.command("clean")
 def data_clean(
-    inputs: Annotated[
-        list[str], typer.Argument(help="Files or folders (jsonl, csv, tsv, sqlite, html, txt).")
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Files, folders (jsonl[.gz|.zst], csv, tsv, parquet, sqlite, html, txt, a saved "
+            "Hugging Face dataset) or a database URL (with --table or --query); added to the "
+            "config's data.sources."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Run config; its `data` section is used.")
     ] = None,
     sets: SetOpt = None,
+    executor: Annotated[
+        str | None,
+        typer.Option("--executor", help="local (worker processes) or ray (Ray Data tasks)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=0, help="Worker processes; 0: all cores.")
+    ] = None,
+    table: Annotated[
+        str | None, typer.Option("--table", help="Table to read from a database input.")
+    ] = None,
+    query: Annotated[
+        str | None, typer.Option("--query", help="SQL query to read from a database input.")
+    ] = None,
     ground_truth: Annotated[
         Path | None, typer.Option("--ground-truth", help="Ground-truth jsonl to measure noise.")
     ] = None,
 ) -> None:
-    """Clean INPUT files into OUT/clean and OUT/rejected Parquet shards with OUT/stats.json."""
+    """Clean INPUT into OUT/clean and OUT/rejected Parquet shards with OUT/stats.json.
+
+    An interrupted run (Ctrl-C, kill -9, a crash) resumes when the same command runs again.
+    """
     from lmforge.data.clean import clean_sources, sources_from_paths
 
-    cfg = _load(config, sets, None)
+    extra = list(sets or [])
+    if executor is not None:
+        extra.append(f"data.executor={executor}")
+    if workers is not None:
+        extra.append(f"data.workers={workers}")
+    cfg = _load(config, extra, None)
     truth = ground_truth or (Path(cfg.data.ground_truth) if cfg.data.ground_truth else None)
+    sources = list(cfg.data.sources) + sources_from_paths(inputs or [], table=table, query=query)
+    if not sources:
+        raise InputDataError(
+            "nothing to clean: give INPUT files or folders, or a --config whose data.sources "
+            "lists them"
+        )
     stats = clean_sources(
-        sources_from_paths(inputs), Path(out), cfg.data, console, ground_truth=truth
+        sources,
+        Path(out),
+        cfg.data,
+        console,
+        ground_truth=truth,
     )
     _print_summary({"data": stats}, "")
     console.print(f"wrote {out}/clean, {out}/rejected and {out}/stats.json")
@@ -246,8 +282,32 @@ def bench(
 
 
 @app.command()
-def report(config: ConfigArg = None, sets: SetOpt = None, workdir: WorkdirOpt = None) -> None:
+def report(
+    config: ConfigArg = None,
+    sets: SetOpt = None,
+    workdir: WorkdirOpt = None,
+    stats: Annotated[
+        Path | None,
+        typer.Option(
+            "--stats", help="Render one `data clean` run's stats.json (next to it, report.html)."
+        ),
+    ] = None,
+) -> None:
     """Write WORKDIR/report.json and WORKDIR/report.html from the stages' outputs."""
+    if stats is not None:
+        from lmforge.report.data_section import render_data_page
+        from lmforge.workspace import atomic_write_text, read_json
+
+        if not stats.is_file():
+            raise InputDataError(f"stats file not found: {stats}; give OUT/stats.json of a run")
+        try:
+            values = read_json(stats)
+        except ValueError:
+            raise InputDataError(f"{stats} is not valid JSON; rerun `lmforge data clean`") from None
+        html_path = stats.with_name("report.html")
+        atomic_write_text(html_path, render_data_page(values, f"lmforge data: {stats.parent}"))
+        console.print(f"report: [bold]{html_path}[/bold]")
+        return
     cfg = _load(config, sets, workdir)
     summary = _run_one("report", cfg)
     console.print(f"report: [bold]{summary.get('html')}[/bold]")

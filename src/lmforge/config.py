@@ -33,21 +33,145 @@ class CorpusConfig(Section):
 
 
 class SourceConfig(Section):
-    """One input source. `kind: auto` picks the reader from the file extension."""
+    """One input source. `kind: auto` picks the reader from the file extension (a `url` is SQL)."""
 
-    path: str = Field(description="File or folder to read (relative paths: to the config file).")
-    kind: Literal["auto", "jsonl", "csv", "tsv", "sqlite", "html", "text"] = "auto"
+    path: str | None = Field(
+        None, description="File or folder to read (relative paths: to the config file)."
+    )
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy database URL (e.g. postgresql://user@host/db) instead of a path; "
+        "read `table` or `query`.",
+    )
+    kind: Literal[
+        "auto", "jsonl", "csv", "tsv", "parquet", "sqlite", "sql", "html", "text", "hf"
+    ] = "auto"
     name: str | None = Field(None, description="Source name recorded in lineage; default: stem.")
-    text_field: str = Field("text", description="Field holding the text (jsonl/csv/sqlite).")
+    text_field: str = Field("text", description="Field holding the text (records).")
     id_field: str = Field("id", description="Field holding the record id, kept as is.")
     label_field: str = Field("label", description="Field holding the class label, if any.")
-    table: str | None = Field(None, description="SQLite table to read (sqlite sources).")
+    table: str | None = Field(None, description="Table to read (sqlite/sql sources).")
     query: str | None = Field(None, description="SQL query to run instead of a whole table.")
     template: str | None = Field(
         None,
         description="Render structured records to text, e.g. '{product}: {comment}'. "
         "Fields not in the template are kept in meta.",
     )
+    max_docs: int | None = Field(
+        None, ge=1, description="Cap: read at most this many records from this source."
+    )
+    weight: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Share of this source's records to keep, picked deterministically by a hash "
+        "of each record's position (mixes sources in chosen proportions).",
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceConfig:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of `path` (file or folder) or `url` (SQL database)")
+        return self
+
+
+class NearDedupConfig(Section):
+    """Near-duplicate removal with MinHash LSH; the first document read of a cluster stays.
+
+    The defaults shingle every text by characters (word_ngram 0), so a short review with a
+    typo, a filler word or an appended sentence still meets its original; they were chosen
+    on the demo corpus for residual noise and clean documents lost together.
+    """
+
+    enabled: bool = True
+    num_perm: int = Field(112, ge=8, description="Hashes per MinHash signature.")
+    bands: int = Field(28, ge=1, description="LSH bands; must divide num_perm.")
+    char_ngram: int = Field(3, ge=1, description="Shingle size in characters.")
+    word_ngram: int = Field(
+        0, ge=0, description="Shingle size in words for non-CJK text; 0: characters for all text."
+    )
+    threshold: float = Field(
+        0.65, ge=0.0, le=1.0, description="Estimated Jaccard a candidate pair must reach."
+    )
+    seed: int = 1
+
+    @model_validator(mode="after")
+    def _bands_divide(self) -> NearDedupConfig:
+        if self.num_perm % self.bands:
+            raise ValueError(
+                f"bands={self.bands} must divide num_perm={self.num_perm} "
+                "(each band holds num_perm / bands hashes)"
+            )
+        return self
+
+
+class AnomalyConfig(Section):
+    """Statistical outliers over per-document features, thresholds fitted on the corpus."""
+
+    enabled: bool = True
+    k: float | None = Field(
+        None, gt=0.0, description="Robust z-score cut-off; default: the detector's own."
+    )
+    sample_docs: int = Field(
+        50000, ge=100, description="Documents sampled (deterministically) to fit thresholds."
+    )
+
+
+class NoiseModelConfig(Section):
+    """A hashed n-gram classifier trained on the rules' decisions (weak labels)."""
+
+    enabled: bool = True
+    threshold: float | None = Field(
+        None, gt=0.0, lt=1.0, description="P(noise) that drops a document; default: fitted."
+    )
+    sample_docs: int = Field(
+        20000, ge=100, description="Documents sampled (deterministically) per class to train on."
+    )
+    labelled: str | None = Field(
+        None,
+        description='Optional hand-labelled sample (jsonl: {"text": ..., "noisy": true|false}), '
+        "weighted above the weak labels.",
+    )
+    seed: int = 0
+
+
+PII_TYPE_NAMES = ("EMAIL", "PHONE", "ID_CN", "BANK_CARD", "IP", "URL_SECRET", "PASSPORT", "NAME")
+
+
+class PiiConfig(Section):
+    """PII detection and masking. `pii: mask` and `pii: off` are accepted as shorthands."""
+
+    enabled: bool = True
+    mode: Literal["placeholder", "pseudonym", "redact"] = Field(
+        "placeholder",
+        description="placeholder: [PHONE]; pseudonym: a keyed consistent token; redact: removed.",
+    )
+    types: list[str] = Field(
+        default_factory=lambda: list(PII_TYPE_NAMES), description="PII types to detect."
+    )
+    key_env: str = Field(
+        "LMFORGE_PII_KEY",
+        description="Environment variable holding the secret key of pseudonym mode "
+        "(never written in a config file).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if value == "mask":
+            return {}
+        if value == "off":
+            return {"enabled": False}
+        return value
+
+    @model_validator(mode="after")
+    def _known_types(self) -> PiiConfig:
+        unknown = [t for t in self.types if t not in PII_TYPE_NAMES]
+        if unknown:
+            raise ValueError(
+                f"unknown PII type {unknown[0]!r}; choose from {', '.join(PII_TYPE_NAMES)}"
+            )
+        return self
 
 
 class DataConfig(Section):
@@ -69,8 +193,15 @@ class DataConfig(Section):
         default_factory=lambda: ["zh", "en"], description="Languages to keep (zh, en)."
     )
     dedup: bool = Field(True, description="Remove exact duplicates (normalised-text hash).")
-    pii: Literal["mask", "off"] = Field("mask", description="Mask PII with typed placeholders.")
-    shard_docs: int = Field(5000, ge=1, description="Documents per output Parquet shard.")
+    near_dedup: NearDedupConfig = Field(default_factory=lambda: NearDedupConfig())
+    anomaly: AnomalyConfig = Field(default_factory=lambda: AnomalyConfig())
+    noise_model: NoiseModelConfig = Field(default_factory=lambda: NoiseModelConfig())
+    pii: PiiConfig = Field(default_factory=lambda: PiiConfig())
+    shard_docs: int = Field(5000, ge=1, description="Documents per shard (input and output).")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: worker processes on this machine; ray: Ray Data tasks."
+    )
+    workers: int = Field(0, ge=0, description="Worker processes (local executor); 0: all cores.")
     ground_truth: str | None = Field(
         None,
         description="Ground-truth side file (jsonl) to measure noise before/after; "
@@ -293,7 +424,7 @@ def _anchor_paths(raw: dict[str, Any], root: Path) -> None:
         if "ground_truth" in data:
             data["ground_truth"] = _anchor(data["ground_truth"], root)
         for source in data.get("sources") or []:
-            if isinstance(source, dict) and "path" in source:
+            if isinstance(source, dict) and source.get("path"):
                 source["path"] = _anchor(source["path"], root)
 
 
@@ -305,7 +436,8 @@ def _absolute(value: str, root: Path) -> str:
 def _resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:
     cfg.workdir = _absolute(cfg.workdir, root)
     for source in cfg.data.sources:
-        source.path = _absolute(source.path, root)
+        if source.path is not None:
+            source.path = _absolute(source.path, root)
     if cfg.data.ground_truth:
         cfg.data.ground_truth = _absolute(cfg.data.ground_truth, root)
     return cfg

@@ -143,3 +143,49 @@ def evaluate_noise(ground_truth: Path, clean_dir: Path, rejected_dir: Path) -> d
         "clean_docs_lost_by": dict(lost_by.most_common()),
         "noise_kinds": breakdown,
     }
+
+
+MODEL_STEPS = ("anomaly", "noise_model")
+_AFTER_MODELS = frozenset({"dedup", "near_dedup"})
+
+
+def evaluate_model_filters(
+    ground_truth: Path, clean_dir: Path, rejected_dir: Path
+) -> dict[str, Any]:
+    """Precision and recall of the learned filters against the ground truth.
+
+    A document counts as noise here when it carries a removal kind (junk, too short,
+    gibberish, wrong language, spam): duplicates, PII and mojibake are other steps' work.
+    Both filters see the documents the rules kept, in order (anomaly, then noise_model);
+    each is judged on the documents that reached it.
+    """
+    truth = load_ground_truth(ground_truth)
+
+    def noisy(doc_id: str) -> bool | None:
+        entry = truth.get(doc_id)
+        return None if entry is None else any(k in REMOVAL_KINDS for k in entry.noise)
+
+    flagged: dict[str, list[str]] = {step: [] for step in MODEL_STEPS}
+    passed: list[str] = []  # reached the end of the model filters
+    for doc_id, step in _iter_rows(rejected_dir, ["id", "step"]):
+        if step in flagged:
+            flagged[step].append(doc_id)
+        elif step in _AFTER_MODELS:
+            passed.append(doc_id)
+    passed.extend(doc_id for (doc_id,) in _iter_rows(clean_dir, ["id"]))
+    out: dict[str, Any] = {}
+    reached = passed + flagged["noise_model"]
+    for step, population in (("noise_model", reached), ("anomaly", reached + flagged["anomaly"])):
+        hits = [noisy(i) for i in flagged[step]]
+        known = [n for n in hits if n is not None]
+        noise_reached = sum(1 for i in population if noisy(i))
+        true_pos = sum(known)
+        out[step] = {
+            "flagged": len(flagged[step]),
+            "flagged_noise": true_pos,
+            "flagged_clean": len(known) - true_pos,
+            "noise_reaching_step": noise_reached,
+            "precision": round(true_pos / len(known), 4) if known else None,
+            "recall": round(true_pos / noise_reached, 4) if noise_reached else None,
+        }
+    return out

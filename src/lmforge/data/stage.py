@@ -42,7 +42,7 @@ def _ground_truth(cfg: RunConfig, ws: Workspace) -> Path | None:
 def stage_inputs(cfg: RunConfig, ws: Workspace) -> list[Path]:
     """The source files/folders and the ground truth: a change to any of them reruns."""
     try:
-        paths = [Path(s.path) for s in _sources(cfg, ws)]
+        paths = [Path(s.path) for s in _sources(cfg, ws) if s.path is not None]
     except StageError:
         return []  # `run` raises the same error with the full message
     truth = _ground_truth(cfg, ws)
@@ -62,9 +62,21 @@ def run(cfg: RunConfig, ws: Workspace, console: Console) -> StageResult:
     summary["docs_rejected"] = stats["docs_rejected"]
     summary["funnel"] = stats["funnel"]
     summary["pii"] = stats["pii"]
-    summary["languages"] = stats["languages"]
-    if "noise_kinds" in stats:
-        summary["noise_kinds"] = stats["noise_kinds"]
+    for key in (
+        "languages",
+        "docs_malformed",
+        "docs_per_second",
+        "pii_docs_masked",
+        "dedup_clusters",
+        "anomaly",
+        "noise_model",
+        "executor",
+        "phase_seconds",
+        "noise_kinds",
+        "model_filters",
+    ):
+        if key in stats:
+            summary[key] = stats[key]
     outputs = sorted((out_dir / "clean").glob("part-*.parquet"))
     outputs += sorted((out_dir / "rejected").glob("part-*.parquet"))
     outputs.append(out_dir / "stats.json")

@@ -95,18 +95,6 @@ def _ema(points: list[tuple[float, float]], decay: float) -> list[tuple[float, f
     return out
 
 
-def _noise_rows(kinds: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for kind, value in sorted(kinds.items()):
-        row = {"kind": kind}
-        if isinstance(value, dict):
-            row.update({k: v for k, v in value.items() if not isinstance(v, dict | list)})
-        else:
-            row["docs"] = value
-        rows.append(row)
-    return rows
-
-
 def render_report(
     report: dict[str, Any],
     train_curve: list[dict[str, Any]],
@@ -118,26 +106,9 @@ def render_report(
     ]
     data = report.get("data")
     if data:
-        keys = REPORT_CONTRACT["data"]
-        funnel = data.get("funnel", [])
-        removed = sorted(
-            ((label, v) for label, v in funnel_items(funnel) if v > 0), key=lambda i: -i[1]
-        )
-        pii = sorted(funnel_items(data.get("pii", {})), key=lambda i: -i[1])
-        sections.append(
-            "<h2>Data</h2><div class='grid'>"
-            + key_value_table(data, keys)
-            + svg.bar_chart(remaining_items(funnel), "Documents left after each step", "docs")
-            + svg.bar_chart(removed[:20], "What was removed, and why", "documents")
-            + (svg.bar_chart(pii, "PII masked, by type", "identifiers") if pii else "")
-            + "</div>"
-        )
-        kinds = data.get("noise_kinds")
-        if isinstance(kinds, dict) and kinds:
-            sections.append(
-                "<h3>Planted noise against the ground truth, by kind</h3>"
-                + rows_table(_noise_rows(kinds))
-            )
+        from lmforge.report.data_section import render_data_section
+
+        sections.append(render_data_section(data))
     train = report.get("train")
     if train:
         steps = [r for r in train_curve if r.get("kind", "train") == "train" and "loss" in r]

@@ -1,16 +1,18 @@
 """Turn one structured record (a dict of fields) into a Document.
 
-Shared by the JSONL, CSV/TSV and SQLite readers: the text comes from `text_field` or from
-rendering `template` over the fields; the id and label fields are taken as they are; every
-other field goes to `meta` next to the lineage.
+Shared by the JSONL, CSV/TSV, Parquet, SQL and Hugging Face readers: the text comes from
+`text_field` or from rendering `template` over the fields; the id and label fields are taken
+as they are; every other field goes to `meta` next to the lineage, as JSON-able values.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import string
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from lmforge.config import SourceConfig
@@ -143,6 +145,20 @@ def _raw(fields: Mapping[str, Any]) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    """Meta values as JSON can hold them: nested Parquet/Arrow and SQL values (lists, structs,
+    maps, bytes, dates, decimals) become lists, dicts, strings and numbers."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
-    return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return str(value)  # exact, unlike a float
+    return str(value)

@@ -47,7 +47,8 @@ def normalize_text(text: str, strip_markup: bool = True) -> tuple[str, list[str]
     cleaned = _INVISIBLE.sub("", text)
     if cleaned != text:
         fixes.append("control_chars_removed")
-    return collapse_whitespace(cleaned), fixes
+    # Again: dropping U+200B from "e\u200b\u0301" leaves a decomposed "é".
+    return collapse_whitespace(unicodedata.normalize("NFKC", cleaned)), fixes
 
 
 class Normalizer(Transform):

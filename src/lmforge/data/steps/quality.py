@@ -238,3 +238,36 @@ class GibberishFilter(BaseFilter):
         if wordlike / letters < self.min_wordlike_share:
             return False, "unpronounceable"
         return True
+
+
+# The most frequent English function words and Chinese function characters. Running prose
+# of some length always has a few; keyword lists, tag clouds, product catalogue dumps and
+# machine-made strings have none.
+_EN_STOPWORDS = frozenset(
+    re.findall(
+        r"\w+",
+        """the a an and or but of to in on at for with is are was were be been it this that
+        i you he she we they my your not no so as by from have has had do does did""",
+    )
+)
+_ZH_STOPCHARS = frozenset("的了是在不我有这也就都很和他她们你个一上说要会到着没那吗吧呢")
+
+
+class StopwordFilter(BaseFilter):
+    """Drops longer texts that carry no function word at all (CJK: no function character)."""
+
+    name = "stopwords"
+    min_words = 12  # short reviews ("Great phone, fast delivery") may have none
+    min_han = 30
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        text = doc.judged_text
+        han = han_chars(text)
+        if len(han) >= self.min_han:
+            if not any(c in _ZH_STOPCHARS for c in han):
+                return False, "no_stopwords"
+            return True
+        words = [w.lower() for w in LATIN_WORD_RE.findall(text)]
+        if len(words) >= self.min_words and not any(w in _EN_STOPWORDS for w in words):
+            return False, "no_stopwords"
+        return True
