@@ -69,7 +69,7 @@ def test_run_writes_contract_and_removes_work_files(reference):
     )
     steps = [s["step"] for s in stats["funnel"]]
     assert steps[0] == "read" and steps[-2:] == ["dedup", "near_dedup"]
-    for a, b in zip(stats["funnel"], stats["funnel"][1:]):
+    for a, b in zip(stats["funnel"], stats["funnel"][1:], strict=False):
         assert b["docs_in"] == a["docs_out"], (a["step"], b["step"])
     assert stats["docs_out"] + stats["docs_rejected"] == stats["docs_in"]
     assert stats["anomaly"]["thresholds"], "fitted thresholds are reported"
