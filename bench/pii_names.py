@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "zh_find_chinese_names_f1": round(public_score.f1, 4),
         "zh_find_chinese_names_recall": round(public_score.recall, 4),
         "threads": 1,
+        "cpu_load_1min": round(os.getloadavg()[0], 2),  # throughput drops on a shared machine
         "en_synthetic": True,
         "en_items": len(en),
         "en_entities": en_score.gold,

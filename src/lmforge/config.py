@@ -91,7 +91,13 @@ class NearDedupConfig(Section):
         0, ge=0, description="Shingle size in words for non-CJK text; 0: characters for all text."
     )
     threshold: float = Field(
-        0.65, ge=0.0, le=1.0, description="Estimated Jaccard a candidate pair must reach."
+        0.65, gt=0.0, le=1.0, description="Estimated Jaccard a candidate pair must reach."
+    )
+    link: Literal["survivor", "component"] = Field(
+        "survivor",
+        description="survivor: a document is removed only when it is itself similar to the "
+        "document that stays; component: every member of a connected cluster is removed "
+        "(copies of copies too).",
     )
     seed: int = 1
 

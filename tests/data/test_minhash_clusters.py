@@ -198,3 +198,80 @@ def test_keys_that_differ_only_in_their_low_bits_stay_apart():
     assert find_clusters(keys).tolist() == [0, 1, 0, 1, 4]
     big = np.array([[2**64 - 1], [2**64 - 2], [2**64 - 1]], dtype=np.uint64)
     assert find_clusters(big).tolist() == [0, 1, 0]
+
+
+def _chain(rows: int, width: int = 100, step: int = 15, seed: int = 0) -> np.ndarray:
+    """Signatures where row k + 1 is row k with `step` fresh positions: neighbours agree on
+    width - step positions, rows two apart on width - 2 * step, and so on."""
+    rng = np.random.default_rng(seed)
+    sig = np.empty((rows, width), dtype=np.uint32)
+    sig[0] = rng.integers(0, 2**32, width, dtype=np.uint32)
+    for k in range(1, rows):
+        sig[k] = sig[k - 1]
+        cols = (np.arange(step) + (k - 1) * step) % width
+        sig[k, cols] = rng.integers(0, 2**32, step, dtype=np.uint32)
+    return sig
+
+
+def test_survivor_link_does_not_remove_a_copy_of_a_copy_for_the_original():
+    # A~B and B~C agree on 85 of 100 hashes, A and C on 70 only; D~C on 90 but D~A on 60, D~B
+    # on 75: with threshold 0.8, C and D are not near duplicates of A, whatever chains them.
+    sig = _chain(3)
+    d = sig[2].copy()
+    d[30:40] = np.arange(10, dtype=np.uint32)
+    sig = np.vstack((sig, d))
+    keys = np.zeros((4, 1), dtype=np.uint64)  # one run: every document is a candidate
+    assert find_clusters(keys, sig, 0.8).tolist() == [0, 0, 0, 0]  # chaining
+    # B is removed for A; C fails A and is kept; D then links to the kept C, not to A
+    assert find_clusters(keys, sig, 0.8, link="survivor").tolist() == [0, 0, 2, 2]
+    # D first: C links to D; B fails D and is kept; A fails D and links to the kept B
+    priority = np.array([3.0, 2.0, 1.0, 0.0])
+    labels = find_clusters(keys, sig, 0.8, priority, link="survivor")
+    assert labels.tolist() == [1, 1, 3, 3]
+
+
+def test_survivor_link_keeps_every_other_document_of_a_chain():
+    sig = _chain(30, step=12)  # neighbours agree on 88%, rows two apart on 76%
+    keys = np.zeros((30, 2), dtype=np.uint64)
+    assert np.all(find_clusters(keys, sig, 0.8) == 0)  # one chained component
+    labels = find_clusters(keys, sig, 0.8, link="survivor")
+    # greedy in priority order: 0 kept, 1 removed for 0, 2 unlike 0 so kept, 3 removed for 2...
+    expected = np.arange(30)
+    expected[1::2] -= 1
+    assert labels.tolist() == expected.tolist()
+
+
+def test_every_survivor_link_removal_is_justified_even_past_the_pivot_limit():
+    sig = _chain(200, step=12)
+    keys = np.zeros((200, 2), dtype=np.uint64)
+    component = find_clusters(keys, sig, 0.8)
+    assert np.count_nonzero(sig[199] == sig[component[199]]) < 80  # removed for a stranger
+    labels = find_clusters(keys, sig, 0.8, link="survivor")
+    removed = np.flatnonzero(labels != np.arange(200))
+    assert len(removed) >= 10
+    assert np.all(labels[labels] == labels)  # labels name kept documents
+    assert np.all(np.count_nonzero(sig[removed] == sig[labels[removed]], axis=1) >= 80)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_survivor_link_is_deterministic_and_ignores_row_order(seed):
+    rng = np.random.default_rng(seed)
+    sig = np.vstack([_chain(6, step=8, seed=seed * 10 + k) for k in range(20)])
+    n = len(sig)
+    keys = band_keys(sig, 4)  # 25 rows per band: candidates come from real collisions
+    priority = rng.permutation(n).astype(float)
+    labels = find_clusters(keys, sig, 0.8, priority, link="survivor")
+    assert np.array_equal(labels, find_clusters(keys, sig, 0.8, priority, link="survivor"))
+    order = rng.permutation(n)
+    shuffled = find_clusters(keys[order], sig[order], 0.8, priority[order], link="survivor")
+    assert order[shuffled][np.argsort(order)].tolist() == labels.tolist()
+    assert np.count_nonzero(labels != np.arange(n)) >= 20  # the chains did join
+
+
+def test_survivor_link_options_are_checked():
+    keys = np.zeros((3, 1), dtype=np.uint64)
+    sig = np.zeros((3, 8), dtype=np.uint32)
+    with pytest.raises(ConfigError, match=r"link='survivor' .* needs threshold > 0"):
+        find_clusters(keys, link="survivor")
+    with pytest.raises(ConfigError, match="link='chain' is unknown"):
+        find_clusters(keys, sig, 0.8, link="chain")  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from lmforge.data.names.msra import TAG_B, TAG_I, TAG_O, parse_lines, split_sentences, tag_spans
 from lmforge.data.names.train_zh import (
@@ -24,7 +25,7 @@ from lmforge.data.names.zh_tagger import (
     transition_mask,
     viterbi,
 )
-from lmforge.errors import InputDataError
+from lmforge.errors import ConfigError, InputDataError
 
 SURNAMES = "张王李赵刘陈杨黄周吴"
 GIVEN = ["伟", "芳", "娜", "敏", "静", "强", "磊", "洋", "艳", "军", "小明", "建国", "海燕"]
@@ -84,22 +85,38 @@ def test_split_is_deterministic_and_disjoint():
     assert not train_texts & {s.text for s in a.dev}
 
 
-def test_trainer_smoke_writes_a_loadable_model(tmp_path, capsys):
+def test_trainer_smoke_writes_a_loadable_deterministic_model(tmp_path, capsys):
     data = tmp_path / "msra_ner.zip"
     with zipfile.ZipFile(data, "w") as zf:
         zf.writestr("dh_msra.txt", "\n".join(synthetic_lines(500)))
-    out = tmp_path / "model"
-    out.mkdir()
-    args = ["--msra", str(data), "--out", str(out), "--subset", "300", "--epochs", "3"]
-    small = ["--lr", "0.01", "--width", "24", "--char-dim", "16", "--bigram-dim", "8"]
-    assert main(args + small) == 0
-    printed = capsys.readouterr().out
-    assert "held-out test PER" in printed
-    tagger = load_tagger(out / "zh_person.safetensors")
+    small = ["--subset", "300", "--epochs", "3", "--lr", "0.01", "--batch-size", "16"]
+    small += ["--width", "24", "--char-dim", "16", "--bigram-dim", "8"]
+    written = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        out.mkdir()
+        assert main(["--msra", str(data), "--out", str(out), *small]) == 0
+        with safe_open(str(out / "zh_person.safetensors"), framework="np") as fh:
+            written.append((fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}))  # noqa: SIM118
+    (meta_a, tensors_a), (meta_b, tensors_b) = written
+    assert meta_a == meta_b  # same data and seed: the same model
+    assert tensors_a.keys() == tensors_b.keys()
+    assert all(np.array_equal(tensors_a[k], tensors_b[k]) for k in tensors_a)
+    assert "held-out test PER" in capsys.readouterr().out
+    tagger = load_tagger(tmp_path / "a" / "zh_person.safetensors")
     assert '"f1"' in tagger.metadata["test_per"]
     assert set(SURNAMES) <= tagger.surnames
     text = "记者王建国报道，今年粮食产量创新高。"
     assert tagger.spans([text]) == [[(2, 5)]]  # a name pattern seen in training
+
+
+def test_trainer_rejects_a_missing_corpus_and_bad_options(tmp_path):
+    with pytest.raises(InputDataError, match="--msra"):
+        main(["--msra", str(tmp_path / "none.zip"), "--out", str(tmp_path)])
+    with pytest.raises(ConfigError, match="--out"):
+        main(["--msra", "x.zip", "--out", str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match="--dilations"):
+        main(["--msra", "x.zip", "--out", str(tmp_path), "--dilations", "1,two"])
 
 
 def test_numpy_tagger_matches_torch_twin(tmp_path):

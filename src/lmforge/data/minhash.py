@@ -20,9 +20,14 @@ Two options trade a little work for removals a user can trust:
   the two are not alike), so each member is then kept unless it passes the threshold against a
   kept member of its component, taken greedily in priority order; every removal then names a
   retained document that really is its near duplicate.
-- `shingles=ShingleSets`: candidate pairs are checked by exact Jaccard of the shingle sets
-  instead of the signature estimate (whose noise is sd ~0.04 at J = 0.8 with 112 hashes). The
-  sets cost 8 B per distinct shingle, so this is for corpora held in memory.
+- `shingles=` (`MinHasher.sketch` or `shingle_sets`): candidate pairs are checked by exact
+  Jaccard of the shingle sets instead of the signature estimate (whose sd at J = 0.8 is ~0.038
+  with 112 hashes, ~0.025 with 256). The sets cost 8 B per distinct shingle, so this is for
+  corpora held in memory; the signatures then only propose candidates and can be short.
+On bench/near_dup.py --docs 20000 (threshold 0.8), share of removals matched to a true near
+duplicate / share of true pairs broken up: 0.86 / 0.93 for 112 hashes in 14 bands with
+components, 0.94 / 0.95 for 256 in 32 bands with survivor links, 1.0 / 1.0 for 64 in 16 bands
+with survivor links and exact checks, at 0.62 s CPU for the 20k documents against 0.55 s.
 """
 
 from __future__ import annotations
@@ -306,10 +311,10 @@ def _band_candidates(column: np.ndarray, verifying: bool) -> tuple[np.ndarray, n
     return src, dst
 
 
-PairCheck = Callable[[np.ndarray, np.ndarray], np.ndarray]
+_PairCheck = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def _estimate_check(signatures: np.ndarray, threshold: float) -> PairCheck:
+def _estimate_check(signatures: np.ndarray, threshold: float) -> _PairCheck:
     """Pairs of documents whose signatures agree on at least threshold * num_perm positions."""
     need = int(np.ceil(threshold * signatures.shape[1] - 1e-9))
 
@@ -324,8 +329,9 @@ def _estimate_check(signatures: np.ndarray, threshold: float) -> PairCheck:
     return check
 
 
-def _exact_check(sets: ShingleSets, threshold: float) -> PairCheck:
-    """Pairs of documents whose shingle sets have Jaccard >= threshold, computed exactly."""
+def _exact_check(sets: ShingleSets, threshold: float) -> _PairCheck:
+    """Pairs of documents whose shingle sets have Jaccard >= threshold, counted exactly on
+    their fingerprints."""
     offsets = np.asarray(sets.offsets, dtype=np.int64)
 
     def check(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -371,7 +377,7 @@ def _merge(root: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return smallest[comp]
 
 
-def _survivor_links(root: np.ndarray, check: PairCheck) -> np.ndarray:
+def _survivor_links(root: np.ndarray, check: _PairCheck) -> np.ndarray:
     """Rank-space labels where each member links to a kept member of its component that it
     passes `check` with, else keeps itself.
 
@@ -433,7 +439,7 @@ def find_clusters(
     else:
         rank_to_doc = np.argsort(np.asarray(priority), kind="stable")
     verifying = threshold > 0
-    check: PairCheck | None = None
+    check: _PairCheck | None = None
     if verifying:
         by_doc = (
             _exact_check(shingles, threshold)

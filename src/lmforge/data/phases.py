@@ -144,13 +144,15 @@ def rule_steps(cfg: DataConfig) -> list[PipelineStep]:
 def pii_step(cfg: DataConfig) -> PipelineStep:
     from lmforge.data.steps.pii import PiiMasker
 
-    finder = None
+    batch_finder = None
     if "NAME" in cfg.pii.types:
-        from lmforge.data.names import find_person_names
+        from lmforge.data.names.batch import find_person_names_batch
 
-        finder = find_person_names
+        batch_finder = find_person_names_batch
     types = [t for t in cfg.pii.types if t != "NAME"]
-    return PiiMasker(mode=cfg.pii.mode, key=_pii_key(cfg), types=types, name_finder=finder)
+    return PiiMasker(
+        mode=cfg.pii.mode, key=_pii_key(cfg), types=types, batch_name_finder=batch_finder
+    )
 
 
 def filter_shard(out: str, index: int, cfg_json: str) -> dict[str, Any]:
@@ -482,7 +484,10 @@ def dedup_all(out: str, shards: int, cfg: DataConfig) -> dict[str, Any]:
             [read_array(score / f"{shard_name(i)}.sig.npy") for i in range(shards)]
         )[survivors]
         labels = find_clusters(
-            band_keys(sigs, cfg.near_dedup.bands), sigs, cfg.near_dedup.threshold
+            band_keys(sigs, cfg.near_dedup.bands),
+            sigs,
+            cfg.near_dedup.threshold,
+            link=cfg.near_dedup.link,
         )
         del sigs
         near = labels != np.arange(len(survivors))

@@ -4,8 +4,10 @@
 
 Reads the zip directly, splits it by sentence hash (test: 10 %, never trained on; dev: early
 stopping), trains the torch twin of the numpy tagger with a CRF loss, keeps the epoch with the
-best dev F1, writes float16 safetensors atomically, then reloads them with the numpy tagger
-and prints the held-out test F1 of exactly what was written.
+best dev F1 (or the mean of the last epochs' weights when dev prefers it), writes float16
+safetensors atomically, then reloads them with the numpy tagger and prints the held-out test
+F1 of exactly what was written. Defaults are the recipe of the shipped weights (about 13
+minutes on one busy CPU core).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,18 +56,21 @@ WEIGHTS_NAME = "zh_person.safetensors"
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 12
-    batch_size: int = 32
-    lr: float = 2e-3
+    batch_size: int = 64
+    lr: float = 3e-3
     dropout: float = 0.2
     char_dropout: float = 0.05  # ids swapped for UNK in training: names are full of rare chars
-    swap_names: float = 0.0  # chance a training name is replaced by another training name
-    negatives: float = 1.0  # share of name-free sentences drawn each epoch (3/4 have no name)
+    swap_names: float = 0.3  # chance a training name is replaced by another training name
+    # Share of name-free sentences drawn each epoch: 3/4 of MSRA has no name, so half of them
+    # per epoch costs little precision and cuts the epoch time by a third.
+    negatives: float = 0.5
     min_char_count: int = 2
     max_bigrams: int = 20_000
     surname_coverage: float = 0.995
     seed: int = 0
     threads: int = 1
     patience: int = 3
+    average_last: int = 3  # epochs whose weights are averaged at the end (1: no averaging)
 
 
 def build_vocab(train: Sequence[Sentence], cfg: TrainConfig) -> Vocab:
@@ -231,7 +236,7 @@ def train_model(
     dev: Sequence[Sentence],
     model_cfg: TaggerConfig,
     cfg: TrainConfig,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> tuple[TorchTagger, Vocab, float]:
     """Train with early stopping on dev PER F1; returns the best model, its vocab, its dev F1."""
     torch.manual_seed(cfg.seed)
@@ -243,6 +248,7 @@ def train_model(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     log(f"vocab: {len(vocab.chars)} chars, {len(vocab.bigrams)} bigrams; train {len(train)}")
     best_f1, best_state, stale = -1.0, None, 0
+    recent: list[dict[str, torch.Tensor]] = []
     pool = sorted({s.text[a:b] for s in train for a, b in tag_spans(s.tags)})
     with_names = [i for i, s in enumerate(train) if TAG_B in s.tags]
     without = np.array([i for i, s in enumerate(train) if TAG_B not in s.tags], dtype=np.int64)
@@ -272,14 +278,24 @@ def train_model(
             f"epoch {epoch}: loss {total / max(len(batches), 1):.4f}  dev PER F1 {dev_f1:.4f}  "
             f"({time.perf_counter() - started:.0f}s)"
         )
-        if dev_f1 > best_f1:
-            best_f1, stale = dev_f1, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if epoch > cfg.epochs - cfg.average_last:
+            recent.append(state)
+        if dev_f1 > best_f1 or not dev:  # without a dev set the last epoch is kept
+            best_f1, best_state, stale = dev_f1, state, 0
         else:
             stale += 1
             if stale >= cfg.patience:
                 log(f"no dev gain for {cfg.patience} epochs: stopping")
                 break
+    if len(recent) > 1:
+        # The mean of the last epochs' weights (the learning rate has decayed by then) is
+        # often a little better than any one of them; keep it only if dev agrees.
+        model.load_state_dict({k: sum(s[k] for s in recent) / len(recent) for k in recent[0]})
+        avg_f1 = span_score(gold_spans(dev), torch_spans(model, vocab, dev)).f1 if dev else 0.0
+        log(f"mean of the last {len(recent)} epochs: dev PER F1 {avg_f1:.4f}")
+        if avg_f1 > best_f1:
+            best_f1, best_state = avg_f1, None
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

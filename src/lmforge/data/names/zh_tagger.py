@@ -26,6 +26,7 @@ RETRAIN = (
     "--out src/lmforge/data/names/"
 )
 PAD, UNK = 0, 1  # ids shared by the char and bigram vocabularies
+_CODES = 0x110000  # number of Unicode code points: the base of the packed bigram keys
 N_TAGS = 3
 _FORBIDDEN = -1e4  # added to impossible transitions; finite so the forward algorithm stays stable
 
@@ -54,7 +55,7 @@ def transition_mask() -> tuple[np.ndarray, np.ndarray]:
 class TaggerConfig:
     char_dim: int = 64
     bigram_dim: int = 32
-    width: int = 128
+    width: int = 96
     dilations: tuple[int, ...] = (1, 2, 4, 1)
     kernel: int = 3
 
@@ -89,6 +90,16 @@ class Vocab:
         self.bigrams = list(bigrams)
         self._char_ids = {c: i + 2 for i, c in enumerate(self.chars)}
         self._bigram_ids = {b: i + 2 for i, b in enumerate(self.bigrams)}
+        # Array forms of the same maps for `encode_codes`: char id by code point, and the
+        # bigrams as sorted (first * _CODES + second) keys for a binary search.
+        top = max((ord(c) for c in self.chars), default=0) + 1
+        self._char_table = np.full(top, UNK, dtype=np.int32)
+        for c, i in self._char_ids.items():
+            self._char_table[ord(c)] = i
+        keys = np.array([ord(b[0]) * _CODES + ord(b[1]) for b in self.bigrams], dtype=np.int64)
+        order = np.argsort(keys)
+        self._bigram_keys = keys[order]
+        self._bigram_vals = (order + 2).astype(np.int64)
 
     def encode(self, text: str) -> tuple[list[int], list[int]]:
         """Char ids and next-bigram ids of already normalised text; the last character has no
@@ -101,15 +112,32 @@ class Vocab:
             bigrams.append(PAD)
         return chars, bigrams
 
+    def encode_codes(self, codes: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`encode` for many texts at once: `codes` are the code points of normalised texts
+        laid end to end with gaps, `real` marks the text positions. Gives the same ids as
+        `encode` on each text, with PAD in the gaps."""
+        table = self._char_table
+        inside = codes < len(table)
+        chars = np.where(inside, table[np.where(inside, codes, 0)], UNK) * real
+        pairs = codes[:-1].astype(np.int64) * _CODES + codes[1:]
+        bigrams = np.full(len(codes), PAD, dtype=np.int64)
+        found = np.full(len(pairs), UNK, dtype=np.int64)
+        if len(self._bigram_keys):
+            at = np.minimum(np.searchsorted(self._bigram_keys, pairs), len(self._bigram_keys) - 1)
+            hit = self._bigram_keys[at] == pairs
+            found = np.where(hit, self._bigram_vals[at], UNK)
+        bigrams[:-1] = np.where(real[:-1] & real[1:], found, PAD)
+        return chars, bigrams
 
-def conv_columns(x: np.ndarray, dilation: int, kernel: int) -> np.ndarray:
-    """(B, T, C) -> (B, T, kernel*C): the zero-padded taps of a 'same' dilated convolution,
-    laid out tap-major to match a torch Conv1d weight transposed to (kernel, in, out)."""
+
+def conv_columns(x: np.ndarray, dilation: int, kernel: int, gap: int) -> np.ndarray:
+    """(N, C) -> (N - 2*gap, kernel*C): the taps of a 'same' dilated convolution for rows
+    gap..N-gap of a packed sequence whose first and last `gap` rows are padding, laid out
+    tap-major to match a torch Conv1d weight transposed to (kernel, in, out)."""
     pad = dilation * (kernel - 1) // 2
-    b, t, c = x.shape
-    xp = np.zeros((b, t + 2 * pad, c), dtype=x.dtype)
-    xp[:, pad : pad + t] = x
-    return np.concatenate([xp[:, k * dilation : k * dilation + t] for k in range(kernel)], axis=-1)
+    n = len(x)
+    taps = [x[gap - pad + k * dilation : n - gap - pad + k * dilation] for k in range(kernel)]
+    return np.concatenate(taps, axis=1)
 
 
 def viterbi(
@@ -175,24 +203,36 @@ class ZhPersonTagger:
         self._end = f32["crf.end"]
 
     def emissions(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Per-character tag scores of a padded batch (B, T, 3) and the lengths."""
+        """Per-character tag scores of a padded batch (B, T, 3) and the lengths.
+
+        The texts run through the network packed end to end with `gap` padding rows between
+        them, so every convolution is one matrix product with no per-text padding to waste."""
+        kernel = self.config.kernel
+        gap = max(self.config.dilations) * (kernel - 1) // 2
         lengths = np.array([len(t) for t in texts], dtype=np.int64)
-        b, t = len(texts), int(lengths.max(initial=0))
-        chars = np.zeros((b, t), dtype=np.int64)
-        bigrams = np.zeros((b, t), dtype=np.int64)
-        for j, text in enumerate(texts):
-            c, g = self.vocab.encode(normalize(text))
-            chars[j, : len(c)] = c
-            bigrams[j, : len(g)] = g
-        mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.float32)[:, :, None]
-        h = np.concatenate([self._char_emb[chars], self._bigram_emb[bigrams]], axis=-1) * mask
+        sep = "\0" * gap
+        packed = normalize(sep + sep.join(texts) + sep)
+        codes = np.frombuffer(packed.encode("utf-32-le"), dtype=np.uint32)
+        n = len(codes)
+        starts = gap + np.concatenate([[0], np.cumsum(lengths + gap)[:-1]])
+        t = int(lengths.max(initial=0))
+        valid = np.arange(t)[None, :] < lengths[:, None]
+        where = np.where(valid, starts[:, None] + np.arange(t)[None, :], 0)
+        real = np.zeros(n, dtype=bool)
+        real[where[valid]] = True
+        chars, bigrams = self.vocab.encode_codes(codes, real)
+        mask = real.astype(np.float32)[:, None]
+        h = np.concatenate([self._char_emb[chars], self._bigram_emb[bigrams]], axis=1) * mask
         for i, (w, bias, dilation) in enumerate(self._convs):
-            y = conv_columns(h, dilation, self.config.kernel) @ w + bias
+            y = np.zeros((n, w.shape[1]), dtype=np.float32)
+            np.matmul(conv_columns(h, dilation, kernel, gap), w, out=y[gap : n - gap])
+            y += bias
             np.maximum(y, 0.0, out=y)
-            # Zero the padding after every layer so the next convolution sees what a
-            # single unpadded sentence would: batched and one-by-one results agree.
+            # Zero the gaps after every layer so no text sees its neighbours: batched and
+            # one-by-one results agree.
             h = (y if i == 0 else h + y) * mask
-        return h @ self._out_w + self._out_b, lengths
+        flat = h @ self._out_w + self._out_b
+        return flat[where], lengths
 
     def tag(self, texts: Sequence[str]) -> list[list[int]]:
         """O/B/I tag ids per character for each text, in one batch."""
