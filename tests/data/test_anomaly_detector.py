@@ -12,6 +12,7 @@ from lmforge.data.anomaly import (
     DIRECTIONS,
     FEATURE_NAMES,
     MIN_SCALE,
+    SHORT_TEXT_PRIOR,
     AnomalyDetector,
     CharLanguageModel,
     batch_features,
@@ -88,9 +89,11 @@ def test_repeated_lines_raise_the_duplicate_line_ratio():
 
 def test_character_class_ratios():
     f = feat("Order 12345 67890 ok")
-    assert f["digit_ratio"] == pytest.approx(10 / 17)
+    # digits and symbols are shares of the text plus SHORT_TEXT_PRIOR characters
+    assert f["digit_ratio"] == pytest.approx(10 / (17 + SHORT_TEXT_PRIOR))
     assert f["letter_ratio"] == pytest.approx(7 / 17)
-    assert feat("!!! $$$ ### ok")["symbol_ratio"] == pytest.approx(9 / 11)
+    assert feat("!!! $$$ ### ok")["symbol_ratio"] == pytest.approx(9 / (11 + SHORT_TEXT_PRIOR))
+    assert feat("等了70分钟")["digit_ratio"] < feat("7" * 40 + "分钟")["digit_ratio"] / 3
     assert feat("电池续航很好")["cjk_share"] == 1.0
     assert feat("battery is good")["cjk_share"] == 0.0
     assert feat("电池很好 good")["cjk_share"] == pytest.approx(4 / 8)
@@ -345,3 +348,17 @@ def test_detector_is_conservative_on_clean_reviews_and_catches_junk(reviews):
     ]
     junk_flags = det.flag(batch_features(junk, lm), [lang_of(t) for t in junk])
     assert all(f is not None for f in junk_flags), junk_flags
+
+
+def test_a_feature_side_never_flags_more_than_max_rate_of_its_sample():
+    from lmforge.data.anomaly import MAX_RATE
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((5000, len(FEATURE_NAMES)))
+    x[:, F["log_length"]] = rng.normal(4.0, 0.5, 5000)
+    x[:, F["letter_ratio"]] = 0.9
+    # heavy tail: most texts have no digits, 5 % have many (times, prices in short reviews)
+    x[:, F["digit_ratio"]] = np.where(rng.random(5000) < 0.05, rng.uniform(0.1, 0.4, 5000), 0.0)
+    det = AnomalyDetector.fit(x, ["zh"] * 5000)
+    flagged = [r for r in det.flag(x, ["zh"] * 5000) if r == "anomaly:digit_ratio_high"]
+    assert len(flagged) <= MAX_RATE * 5000 + 1

@@ -86,6 +86,8 @@ MIN_SCALE: dict[str, float] = {
 
 MIN_LATIN_FOR_CASE = 20  # "APP" or "OK" in a Chinese review is not shouting
 MAD_TO_SIGMA = 1.4826  # MAD * this estimates the standard deviation of a normal sample
+MAX_RATE = 0.001  # the most a feature side may flag of the documents it was fitted on
+SHORT_TEXT_PRIOR = 20  # characters added to the denominator of the digit and symbol shares
 POOLED = "all"  # the group name of the thresholds fitted on every row
 POOLED_ANCHOR = 0.01  # pooled thresholds: k scales beyond the 1st / 99th percentile
 
@@ -280,11 +282,14 @@ def _text_features(text: str) -> list[float]:
     toks = TOKEN_RE.findall(text.lower())
     raw = text.encode("utf-8")
     per_char = 1.0 / non_space if non_space else 0.0
+    # Digits and symbols are shares of a text with SHORT_TEXT_PRIOR extra characters: in a
+    # ten-character review ("等了70分钟", "太慢了。。。") a few of them are normal, not junk.
+    per_char_shrunk = 1.0 / (non_space + SHORT_TEXT_PRIOR)
     return [
         math.log1p(chars),
         letters * per_char,
-        digits * per_char,
-        (non_space - letters - digits) * per_char,
+        digits * per_char_shrunk,
+        (non_space - letters - digits) * per_char_shrunk,
         upper / latin if latin >= MIN_LATIN_FOR_CASE else 0.0,
         cjk / letters if letters else 0.0,
         duplicate_line_share(lines) if len(lines) > 1 else 0.0,
@@ -422,9 +427,13 @@ class AnomalyDetector:
             low = high = median
             if anchor != 0.5:
                 low, high = np.quantile(column, [anchor, 1 - anchor]).tolist()
+            # An outlier is rare by definition: on a heavy-tailed feature (digits in short
+            # reviews that give delivery times) median + k * MAD can still cut into the
+            # body of the data, so a side never flags more than MAX_RATE of the sample.
+            tail_low, tail_high = np.quantile(column, [MAX_RATE, 1 - MAX_RATE]).tolist()
             out[name] = {
-                "low": low - k * scale if low_side else None,
-                "high": high + k * scale if high_side else None,
+                "low": min(low - k * scale, tail_low) if low_side else None,
+                "high": max(high + k * scale, tail_high) if high_side else None,
                 "median": median,
                 "mad": mad,
             }
