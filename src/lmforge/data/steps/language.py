@@ -32,8 +32,11 @@ def detect_language(text: str) -> str:
     words = [w.lower().replace("’", "'") for w in LATIN_WORD_RE.findall(text)]
     english = sum(1 for w in words if w in ENGLISH_COMMON)
     foreign = sum(1 for w in words if w in FOREIGN_COMMON)
-    # Accented letters are rare in English words and common in most other Latin scripts.
-    foreign += sum(0.5 for w in words if not w.isascii())
+    # Accented letters are rare in English words and common in most other Latin scripts; in
+    # a short English phrase they are loanwords ("cliché", "café"), so they count from a
+    # sentence's length on.
+    if len(words) >= _SHORT_WORDS:
+        foreign += sum(0.5 for w in words if not w.isascii())
     if english < foreign or (foreign and english == foreign):
         return "other"
     # A short phrase ("cold movie") may have no function word at all; a longer text in

@@ -242,12 +242,15 @@ class GibberishFilter(BaseFilter):
 
 # The most frequent English function words and Chinese function characters. Running prose
 # of some length always has a few; keyword lists, tag clouds, product catalogue dumps and
-# machine-made strings have none.
+# machine-made strings have none. Telegraphic writing (spec lists, "good fun, good action,
+# good pace") omits them in short texts, so only long texts are judged.
 _EN_STOPWORDS = frozenset(
     re.findall(
         r"\w+",
-        """the a an and or but of to in on at for with is are was were be been it this that
-        i you he she we they my your not no so as by from have has had do does did""",
+        """the a an and or but of to in on at for with is are was were be been it its this that
+        these those i you he she we they my your his her our their not no so as by from have has
+        had do does did than then there here who which what when where if can will would could
+        should all any some more most very just about into over out up""",
     )
 )
 _ZH_STOPCHARS = frozenset("的了是在不我有这也就都很和他她们你个一上说要会到着没那吗吧呢")
@@ -257,8 +260,8 @@ class StopwordFilter(BaseFilter):
     """Drops longer texts that carry no function word at all (CJK: no function character)."""
 
     name = "stopwords"
-    min_words = 12  # short reviews ("Great phone, fast delivery") may have none
-    min_han = 30
+    min_words = 25  # short reviews ("Great phone, fast delivery") may have none
+    min_han = 100
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         text = doc.judged_text
