@@ -153,7 +153,10 @@ class PiiConfig(Section):
         description="placeholder: [PHONE]; pseudonym: a keyed consistent token; redact: removed.",
     )
     types: list[str] = Field(
-        default_factory=lambda: list(PII_TYPE_NAMES), description="PII types to detect."
+        default_factory=lambda: [t for t in PII_TYPE_NAMES if t != "NAME"],
+        description="PII types to detect. NAME (person names: a Chinese tagger trained on "
+        "news, English name lists) is opt-in: on review text about half of its Chinese "
+        "matches are not names.",
     )
     key_env: str = Field(
         "LMFORGE_PII_KEY",

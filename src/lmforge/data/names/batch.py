@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 
 from lmforge.data.names.en_names import find_english_names
-from lmforge.data.names.zh_names import chunks, get_tagger
+from lmforge.data.names.zh_names import MIN_NAME_CHARS, chunks, get_tagger
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
@@ -43,5 +43,5 @@ def find_person_names_batch(texts: Sequence[str]) -> list[list[tuple[int, int]]]
     if todo and tagger is not None:
         tagged = tagger.spans([piece for _, _, piece in todo])
         for (i, offset, _), spans in zip(todo, tagged, strict=True):
-            found[i].extend((offset + a, offset + b) for a, b in spans)
+            found[i].extend((offset + a, offset + b) for a, b in spans if b - a >= MIN_NAME_CHARS)
     return [_merge(spans) for spans in found]

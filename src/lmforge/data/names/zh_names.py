@@ -13,6 +13,9 @@ import threading
 from lmforge.data.names.zh_tagger import WEIGHTS, ZhPersonTagger, load_tagger
 
 MAX_CHUNK = 150
+# A lone character tagged as a name is mostly a surname-like character inside a common word
+# in review text ("行李", "生姜"); a full name has at least two characters.
+MIN_NAME_CHARS = 2
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _SENTENCE_END = re.compile(r"[。！？；!?;\n]+")
 _SOFT_BREAK = re.compile(r"[，、,：:\s]")
@@ -76,7 +79,8 @@ def find_chinese_names(text: str) -> list[tuple[int, int]]:
         (offset + a, offset + b)
         for (offset, _), spans in zip(todo, found, strict=True)
         for a, b in spans
+        if b - a >= MIN_NAME_CHARS
     )
 
 
-__all__ = ["MAX_CHUNK", "chunks", "find_chinese_names", "get_tagger"]
+__all__ = ["MAX_CHUNK", "MIN_NAME_CHARS", "chunks", "find_chinese_names", "get_tagger"]

@@ -23,12 +23,31 @@ def collapse_whitespace(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+# Passes that can uncover more to fix: a control character removed from between garbled
+# bytes, or a second level of escaped entities.
+_REPEATING_FIXES = frozenset({"control_chars_removed", "entities_decoded"})
+_MAX_PASSES = 3
+
+
 def normalize_text(text: str, strip_markup: bool = True) -> tuple[str, list[str]]:
     """The normalized text and the fixes applied (for the step's event counts).
 
-    Mojibake is repaired first: NFKC would rewrite some of the garbled characters
-    ("¼" -> "1⁄4") and make the original bytes unrecoverable.
+    One pass rarely leaves work behind, but it can: a control character between garbled
+    bytes hides mojibake until it is gone, and "&amp;amp;" decodes one level at a time. So a
+    pass that made such a fix is followed by another, and normalising is idempotent.
     """
+    fixes: list[str] = []
+    for _ in range(_MAX_PASSES):
+        text, done = _normalize_once(text, strip_markup)
+        fixes.extend(f for f in done if f not in fixes)
+        if not _REPEATING_FIXES.intersection(done):
+            break
+    return text, fixes
+
+
+def _normalize_once(text: str, strip_markup: bool) -> tuple[str, list[str]]:
+    """Mojibake is repaired first: NFKC would rewrite some of the garbled characters
+    ("¼" -> "1⁄4") and make the original bytes unrecoverable."""
     fixes = []
     repaired = repair_mojibake(text)
     if repaired != text:
