@@ -362,3 +362,10 @@ def test_a_feature_side_never_flags_more_than_max_rate_of_its_sample():
     det = AnomalyDetector.fit(x, ["zh"] * 5000)
     flagged = [r for r in det.flag(x, ["zh"] * 5000) if r == "anomaly:digit_ratio_high"]
     assert len(flagged) <= MAX_RATE * 5000 + 1
+
+
+def test_acronyms_in_chinese_text_are_not_shouting():
+    text = (
+        "1、LG W800是全球首款基于AMR9 CPU并且支持UniJa和JTWT业务的双模式手机，支持CDMA和GSM两种网络"
+    )
+    assert feat(text)["upper_ratio"] == 0.0

@@ -276,7 +276,10 @@ def _text_features(text: str) -> list[float]:
     letters = _run_chars(_LETTER_RE, text)
     digits = _run_chars(_DIGIT_RE, text)
     latin = _run_chars(_LATIN_RE, text)
-    upper = _run_chars(_UPPER_RE, text) if latin >= MIN_LATIN_FOR_CASE else 0
+    # Case is judged in Latin-script text only: in Chinese text, Latin letters are mostly
+    # model names and acronyms ("LG W800", "TFT"), written in capitals by convention.
+    judge_case = latin >= MIN_LATIN_FOR_CASE and latin >= 0.5 * letters
+    upper = _run_chars(_UPPER_RE, text) if judge_case else 0
     cjk = _run_chars(_CJK_RE, text)
     lines = text.split("\n")
     toks = TOKEN_RE.findall(text.lower())
@@ -290,7 +293,7 @@ def _text_features(text: str) -> list[float]:
         letters * per_char,
         digits * per_char_shrunk,
         (non_space - letters - digits) * per_char_shrunk,
-        upper / latin if latin >= MIN_LATIN_FOR_CASE else 0.0,
+        upper / latin if judge_case else 0.0,
         cjk / letters if letters else 0.0,
         duplicate_line_share(lines) if len(lines) > 1 else 0.0,
         repeated_ngram_coverage(toks),
