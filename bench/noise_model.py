@@ -44,6 +44,7 @@ from lmforge.data.anomaly import AnomalyDetector, CharLanguageModel, batch_featu
 from lmforge.data.clean import clean_sources
 from lmforge.data.evaluate import REMOVAL_KINDS, load_ground_truth
 from lmforge.data.noise_model import NoiseModel, evaluate
+from lmforge.data.phases import WEAK_NOISE_STEPS
 from lmforge.data.steps.language import detect_language
 from lmforge.data.steps.normalize import normalize_text
 from lmforge.demo import corpus_sources, generate_corpus
@@ -53,20 +54,9 @@ try:  # the PII package replaced the single step module in the sharded line
 except ImportError:  # pragma: no cover - older layout
     from lmforge.data.steps.pii import mask_pii  # type: ignore[no-redef]
 
-# Rule steps that judge the text; what they reject is the weak "noisy" label. Exact-dedup
-# drops are copies of clean text and reading errors are not documents: neither is noise.
-TEXT_RULE_STEPS = frozenset(
-    {
-        "length",
-        "letter_ratio",
-        "mojibake",
-        "repetition",
-        "boilerplate",
-        "gibberish",
-        "stopwords",
-        "language",
-    }
-)
+# Rule steps that judge the text; what they reject is the weak "noisy" label (the same
+# steps the cleaning line trains its noise model on).
+TEXT_RULE_STEPS = WEAK_NOISE_STEPS
 DEDUP_STEPS = frozenset({"dedup", "near_dedup"})
 K_SWEEP = (4.0, 5.0, 6.0, 7.0, 8.0)
 

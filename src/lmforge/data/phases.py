@@ -155,10 +155,15 @@ def pii_step(cfg: DataConfig) -> PipelineStep:
     )
 
 
-def filter_shard(out: str, index: int, cfg_json: str) -> dict[str, Any]:
+def _shard_start(out: str, phase: str, index: int) -> tuple[RunPaths, Path, dict | None]:
+    """Paths of a shard phase and its marker, if the shard is already done."""
     paths = RunPaths(Path(out))
-    folder = paths.phase("filter")
-    done = read_marker(folder, index)
+    folder = paths.phase(phase)
+    return paths, folder, read_marker(folder, index)
+
+
+def filter_shard(out: str, index: int, cfg_json: str) -> dict[str, Any]:
+    paths, folder, done = _shard_start(out, "filter", index)
     if done is not None:
         return done
     cfg = load_cfg(cfg_json)
@@ -367,9 +372,7 @@ def minhasher(cfg: DataConfig):
 
 
 def score_shard(out: str, index: int, cfg_json: str) -> dict[str, Any]:
-    paths = RunPaths(Path(out))
-    folder = paths.phase("score")
-    done = read_marker(folder, index)
+    paths, folder, done = _shard_start(out, "score", index)
     if done is not None:
         return done
     cfg = load_cfg(cfg_json)
@@ -554,9 +557,7 @@ def _ids_at(folder: Path, shards: int, offsets: np.ndarray, wanted: np.ndarray) 
 
 
 def finalize_shard(out: str, index: int, cfg_json: str) -> dict[str, Any]:
-    paths = RunPaths(Path(out))
-    folder = paths.phase("finalize")
-    done = read_marker(folder, index)
+    paths, folder, done = _shard_start(out, "finalize", index)
     if done is not None:
         return done
     name = shard_name(index)

@@ -18,21 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmforge.data.document import Document
-from lmforge.data.writer import REJECTED_SCHEMA
+from lmforge.data.writer import CLEAN_SCHEMA, REJECTED_SCHEMA
 from lmforge.workspace import atomic_path, atomic_write_json, read_json
 
-DOC_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("text", pa.string()),
-        ("source", pa.string()),
-        ("label", pa.string()),
-        ("lang", pa.string()),
-        ("meta", pa.string()),
-        ("content", pa.string()),
-        ("original", pa.string()),
-        ("malformed", pa.string()),  # the reader's reason for a record that is not a document
-    ]
+DOC_SCHEMA = (
+    CLEAN_SCHEMA.append(pa.field("content", pa.string()))
+    .append(pa.field("original", pa.string()))
+    # the reader's reason for a record that is not a document
+    .append(pa.field("malformed", pa.string()))
 )
 # Rejected rows as they will be published, plus the normalised text the rules judged: the
 # learned noise model trains on what the rules saw, not on the raw bytes.
