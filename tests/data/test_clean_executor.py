@@ -156,3 +156,16 @@ def test_ray_executor_matches_local(corpus, reference, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert stats["executor"]["name"] == "ray"
     assert content(out) == content(reference[0])
+
+
+def test_a_second_run_in_the_same_process_uses_its_own_fitted_models(corpus, tmp_path):
+    """Inline (one worker) runs share a process: models fitted for one config must not leak
+    into the next run written to the same folder."""
+    sources = corpus_sources(corpus)
+    out = tmp_path / "out"
+    first = clean_sources(sources, out, _cfg(workers=1, anomaly={"k": 2.0}))
+    second = clean_sources(sources, out, _cfg(workers=1))
+    fresh = clean_sources(sources, tmp_path / "fresh", _cfg(workers=1))
+    assert first["docs_out"] != fresh["docs_out"]  # the two configs do differ
+    assert second["docs_out"] == fresh["docs_out"]
+    assert content(out) == content(tmp_path / "fresh")

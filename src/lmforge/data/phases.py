@@ -334,7 +334,11 @@ _MODELS: dict[str, Any] = {}  # fitted models, loaded once per worker process
 
 
 def _models(paths: RunPaths, cfg: DataConfig) -> dict[str, Any]:
-    key = str(paths.out.resolve())
+    # Keyed by the fit's own summary too: a later run into the same folder (another config)
+    # refits, and a worker process that served the first run must not reuse its models.
+    done = paths.phase("fit") / "_done.json"
+    stamp = done.read_text(encoding="utf-8") if done.is_file() else ""
+    key = f"{paths.out.resolve()}\x00{stamp}"
     if key in _MODELS:
         return _MODELS[key]
     folder = paths.phase("fit")
