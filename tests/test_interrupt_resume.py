@@ -29,7 +29,14 @@ def start(config, *extra):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # A test run started in the background by a shell inherits SIGINT ignored, and Python
+        # then installs no Ctrl-C handler: give the child the default disposition back.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.timeout(400)
