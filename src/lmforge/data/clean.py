@@ -50,7 +50,7 @@ from lmforge.data.sources import EXTENSIONS, SourceReader, kind_for
 from lmforge.data.steps.base import PipelineStep
 from lmforge.data.steps.read import ReadStep
 from lmforge.data.workfiles import docs_table, shard_name, write_table
-from lmforge.data.writer import SHARD_GLOB, clear_shards
+from lmforge.data.writer import clear_shards
 from lmforge.errors import InputDataError
 from lmforge.workspace import atomic_write_json, read_json
 
@@ -403,7 +403,3 @@ def clean_sources(
     atomic_write_json(paths.stats, stats)
     shutil.rmtree(paths.work, ignore_errors=True)
     return stats
-
-
-def clean_shard_paths(out_dir: Path) -> list[Path]:
-    return sorted((Path(out_dir) / "clean").glob(SHARD_GLOB))

@@ -33,7 +33,6 @@ from lmforge.config import DataConfig
 from lmforge.data.document import Document
 from lmforge.data.steps.base import PipelineStep, StepStats
 from lmforge.data.workfiles import (
-    DOC_SCHEMA,
     WORK_REJECTED_SCHEMA,
     RejectedRows,
     docs_table,
@@ -279,8 +278,8 @@ def fit_models(out: str, shards: int, cfg: DataConfig) -> dict[str, Any]:
     if cfg.anomaly.enabled and texts:
         from lmforge.data.anomaly import AnomalyDetector, CharLanguageModel, batch_features
 
-        sample = texts[:: _strided(len(texts), cfg.anomaly.sample_docs)]
-        groups = langs[:: _strided(len(texts), cfg.anomaly.sample_docs)]
+        stride = _strided(len(texts), cfg.anomaly.sample_docs)
+        sample, groups = texts[::stride], langs[::stride]
         lm = CharLanguageModel.fit(sample)
         feats = batch_features(sample, lm)
         kwargs = {} if cfg.anomaly.k is None else {"k": cfg.anomaly.k}
@@ -613,7 +612,6 @@ def finalize_shard(out: str, index: int, cfg_json: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "DOC_SCHEMA",
     "RunPaths",
     "dedup_all",
     "filter_shard",

@@ -9,19 +9,14 @@ sorted [start, end) character offsets into the text it was given.
 from __future__ import annotations
 
 from lmforge.data.names.en_names import find_english_names
+from lmforge.data.names.spans import merge_spans
 from lmforge.data.names.zh_names import find_chinese_names
 
 
 def find_person_names(text: str) -> list[tuple[int, int]]:
     """Chinese and English name spans, sorted and non-overlapping (on overlap the earlier,
     then longer, span is kept)."""
-    spans = sorted(find_chinese_names(text) + find_english_names(text), key=lambda s: (s[0], -s[1]))
-    out: list[tuple[int, int]] = []
-    for start, end in spans:
-        if out and start < out[-1][1]:
-            continue
-        out.append((start, end))
-    return out
+    return merge_spans(find_chinese_names(text) + find_english_names(text))
 
 
 __all__ = ["find_chinese_names", "find_english_names", "find_person_names"]

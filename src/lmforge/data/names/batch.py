@@ -11,18 +11,10 @@ import re
 from collections.abc import Sequence
 
 from lmforge.data.names.en_names import find_english_names
+from lmforge.data.names.spans import merge_spans
 from lmforge.data.names.zh_names import MIN_NAME_CHARS, chunks, get_tagger
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
-        if out and start < out[-1][1]:
-            continue
-        out.append((start, end))
-    return out
 
 
 def find_person_names_batch(texts: Sequence[str]) -> list[list[tuple[int, int]]]:
@@ -44,4 +36,4 @@ def find_person_names_batch(texts: Sequence[str]) -> list[list[tuple[int, int]]]
         tagged = tagger.spans([piece for _, _, piece in todo])
         for (i, offset, _), spans in zip(todo, tagged, strict=True):
             found[i].extend((offset + a, offset + b) for a, b in spans if b - a >= MIN_NAME_CHARS)
-    return [_merge(spans) for spans in found]
+    return [merge_spans(spans) for spans in found]

@@ -28,6 +28,7 @@ from lmforge.data.names.en_lexicon import (
     TITLES,
     WEAK_TITLES,
 )
+from lmforge.data.names.spans import merge_spans
 
 _TOKEN = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)*(?:-[A-Za-z]+(?:['’][A-Za-z]+)*)*")
 _CAPITALISED = re.compile(r"[A-Z][a-z]*(?:['’]?[A-Z][a-z]+)*(?:-[A-Z][a-z]+(?:['’]?[A-Z][a-z]+)*)*")
@@ -166,16 +167,6 @@ def _given_name(toks: list[_Tok], i: int) -> tuple[int, int] | None:
     return toks[i].start, toks[last].end
 
 
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, non-overlapping: of overlapping spans the earliest (then longest) wins."""
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):
-        if out and start < out[-1][1]:
-            continue
-        out.append((start, end))
-    return out
-
-
 def find_english_names(text: str) -> list[tuple[int, int]]:
     """[start, end) character offsets of English person names in `text`."""
     if not any("A" <= c <= "Z" for c in text):
@@ -186,7 +177,7 @@ def find_english_names(text: str) -> list[tuple[int, int]]:
         span = _title_name(toks, i) or _given_name(toks, i)
         if span is not None:
             spans.append(span)
-    return _merge(spans)
+    return merge_spans(spans)
 
 
 __all__ = ["find_english_names"]

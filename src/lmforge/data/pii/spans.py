@@ -13,18 +13,10 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from lmforge.config import PII_TYPE_NAMES
 from lmforge.errors import ConfigError
 
-PII_TYPES: tuple[str, ...] = (
-    "EMAIL",
-    "PHONE",
-    "ID_CN",
-    "BANK_CARD",
-    "IP",
-    "URL_SECRET",
-    "PASSPORT",
-    "NAME",
-)
+PII_TYPES: tuple[str, ...] = PII_TYPE_NAMES  # defined with the config that selects among them
 # Overlap resolution: the earlier type wins.
 PRIORITY: tuple[str, ...] = (
     "URL_SECRET",
