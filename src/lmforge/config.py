@@ -91,7 +91,13 @@ class NearDedupConfig(Section):
         0, ge=0, description="Shingle size in words for non-CJK text; 0: characters for all text."
     )
     threshold: float = Field(
-        0.65, gt=0.0, le=1.0, description="Estimated Jaccard a candidate pair must reach."
+        0.65, gt=0.0, le=1.0, description="Jaccard a candidate pair must reach."
+    )
+    verify: Literal["exact", "estimate"] = Field(
+        "exact",
+        description="exact: candidate pairs are checked on their shingle sets (about 8 bytes "
+        "per distinct shingle kept until dedup); estimate: on the MinHash signatures only "
+        "(less disk and memory, a few percent of pairs misjudged near the threshold).",
     )
     link: Literal["survivor", "component"] = Field(
         "survivor",

@@ -216,6 +216,8 @@ def _marker_docs(marker: dict[str, Any]) -> int:
     steps = marker.get("steps") or []
     if steps:
         return int(steps[0].get("docs_in", 0))
+    if "rows" in marker:  # a score shard with both learned filters off: it hashed every row
+        return int(marker["rows"])
     return int(marker.get("clean", 0)) + int(marker.get("rejected", 0))
 
 

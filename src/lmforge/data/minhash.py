@@ -144,6 +144,15 @@ class MinHasher:
         """
         return self._sketch(texts, with_sets=False)[0]
 
+    def signature(self, text: str) -> np.ndarray:
+        """(num_perm,) uint32: the row `signatures([text])` gives, in one numpy product (faster
+        for a single text than the batch path's per-permutation loop)."""
+        hashes = hash_shingles([text], self.params.char_ngram, self.params.word_ngram).hashes
+        if not len(hashes):
+            return self.signatures([text])[0]
+        mins = ((hashes + self._c)[:, None] * self._a[None, :]).min(axis=0)
+        return (mins >> _U64(32)).astype(np.uint32)
+
     def shingle_sets(self, texts: Sequence[str]) -> ShingleSets:
         """The distinct shingle fingerprints of every text, for exact checks in `find_clusters`."""
         return self._sketch(texts, with_signatures=False)[1]

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +47,9 @@ from lmforge.data.workfiles import (
 from lmforge.data.writer import CLEAN_SCHEMA, REJECTED_SCHEMA
 from lmforge.errors import ConfigError, InputDataError
 from lmforge.workspace import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from lmforge.data.minhash import ShingleSets
 
 # Rule steps whose rejections are the learned noise model's weak "noisy" labels. Reading
 # errors are not text, and a language the config leaves out is noise for this corpus.
@@ -427,7 +430,13 @@ def score_shard(out: str, index: int, cfg_json: str) -> dict[str, Any]:
     keys = np.array([dedup_key(d.text) for d in docs], dtype=np.uint64)
     write_array(folder / f"{name}.keys.npy", keys)
     if models["hasher"] is not None:
-        sigs = models["hasher"].signatures([d.text for d in docs])
+        texts = [d.text for d in docs]
+        if cfg.near_dedup.verify == "exact":
+            sigs, sets = models["hasher"].sketch(texts)
+            write_array(folder / f"{name}.shingles.npy", sets.fingerprints)
+            write_array(folder / f"{name}.shingle_counts.npy", np.diff(sets.offsets))
+        else:
+            sigs = models["hasher"].signatures(texts)
         write_array(folder / f"{name}.sig.npy", sigs)
     hash_seconds = clock() - start
     write_table(folder / f"{name}.parquet", docs_table(docs))
@@ -450,6 +459,27 @@ def _first_of_equal(keys: np.ndarray) -> np.ndarray:
     first = np.empty_like(order)
     first[order] = np.repeat(group_first, np.diff(np.r_[np.flatnonzero(starts), len(keys)]))
     return first
+
+
+def _survivor_shingles(score: Path, shards: int, survivors: np.ndarray) -> ShingleSets:
+    """The shingle fingerprints the score phase stored, of the given (sorted) rows only; one
+    shard's fingerprints are in memory at a time besides the kept ones."""
+    from lmforge.data.minhash import ShingleSets
+
+    parts: list[np.ndarray] = []
+    sizes: list[np.ndarray] = []
+    lo = 0
+    for i in range(shards):
+        counts = read_array(score / f"{shard_name(i)}.shingle_counts.npy")
+        keep = np.zeros(len(counts), dtype=bool)
+        mine = survivors[(survivors >= lo) & (survivors < lo + len(counts))] - lo
+        keep[mine] = True
+        fingerprints = read_array(score / f"{shard_name(i)}.shingles.npy")
+        parts.append(fingerprints[np.repeat(keep, counts)])
+        sizes.append(counts[mine])
+        lo += len(counts)
+    size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+    return ShingleSets(np.concatenate(parts), np.r_[0, np.cumsum(size)].astype(np.int64))
 
 
 def dedup_all(out: str, shards: int, cfg: DataConfig) -> dict[str, Any]:
@@ -489,13 +519,19 @@ def dedup_all(out: str, shards: int, cfg: DataConfig) -> dict[str, Any]:
         sigs = np.concatenate(
             [read_array(score / f"{shard_name(i)}.sig.npy") for i in range(shards)]
         )[survivors]
+        sets = (
+            _survivor_shingles(score, shards, survivors)
+            if cfg.near_dedup.verify == "exact"
+            else None
+        )
         labels = find_clusters(
             band_keys(sigs, cfg.near_dedup.bands),
-            sigs,
+            None if sets is not None else sigs,
             cfg.near_dedup.threshold,
             link=cfg.near_dedup.link,
+            shingles=sets,
         )
-        del sigs
+        del sigs, sets
         near = labels != np.arange(len(survivors))
         reason[survivors[near]] = 2
         dup_of[survivors[near]] = survivors[labels[near]]

@@ -144,6 +144,7 @@ def generate_corpus(
         "noisy_docs": stats.noisy,
         "noise_rate": round(stats.noisy / stats.docs, 4),
         "dup_groups": planner.pool.groups,
+        "tagged_reviews": planner.tagged_reviews,
         "malformed_lines": malformed,
         "counts": {
             "source": stats.source,

@@ -2,7 +2,8 @@
 
 All randomness comes from `random.Random` instances seeded from the config's seed, one per
 concern (plan, text, noise, metadata), so the output is a pure function of the parameters.
-Memory stays bounded: only a fixed pool of recent clean originals is kept for duplicates.
+Memory: a fixed pool of recent clean originals is kept for duplicates, and every original's
+hash and shingle fingerprints (about 0.5-1 KB) to keep originals apart.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import deque
 
 from lmforge.config import CorpusConfig
 from lmforge.demo import bank_en, bank_misc, bank_zh, noise
+from lmforge.demo.distinct import NearTwinGuard
 from lmforge.demo.doc import RECORD_SOURCES, SOURCES, CorpusDoc
 from lmforge.demo.pii import make_identifier, plant_identifiers
 from lmforge.demo.reviews import LABELS, Review, compose_review
@@ -104,6 +106,8 @@ class DocumentPlanner:
         self.schedule = NoiseSchedule(rng("schedule"), cfg.noise_rate, cfg.docs)
         self.pool = OriginalsPool(POOL_SIZE)
         self._review_keys = HashSet64()
+        self._twins = NearTwinGuard()
+        self.tagged_reviews = 0  # reviews no draw could keep apart: a tag makes them distinct
         self._ready: list[CorpusDoc] = []
 
     def build(self, index: int) -> CorpusDoc:
@@ -186,13 +190,16 @@ class DocumentPlanner:
         return label
 
     def _unique_review(self, lang: str, label: str) -> Review:
-        """A review whose normalised text no earlier review had: the ground truth calls every
-        non-copy clean, so an accidental repeat would be a duplicate it does not know of."""
+        """A review no earlier review repeats or nearly repeats: the ground truth calls every
+        non-copy clean, so an accidental twin would be a duplicate it does not know of."""
         for _ in range(_UNIQUE_TRIES):
             review = compose_review(self.text_rng, lang, label)
-            if self._review_keys.add(dedup_key(review.text)):
+            key = dedup_key(review.text)
+            if key not in self._review_keys and self._twins.admit(review.text):
+                self._review_keys.add(key)
                 return review
         # The phrase banks are nearly exhausted for this label: append a distinguishing detail.
+        self.tagged_reviews += 1
         while not self._review_keys.add(dedup_key(review.text)):
             tag = f" #{self.meta_rng.randrange(10**6)}"
             review = dataclasses.replace(review, text=review.text + tag)

@@ -32,6 +32,18 @@ class HashSet64:
     def __len__(self) -> int:
         return self._size
 
+    def __contains__(self, key: int) -> bool:
+        key = key or 1
+        slots, mask = self._slots, self._mask
+        i = key & mask
+        while True:
+            held = slots[i]
+            if held == key:
+                return True
+            if held == 0:
+                return False
+            i = (i + 1) & mask
+
     def add(self, key: int) -> bool:
         """Insert `key`; False if it was already there."""
         key = key or 1  # 0 marks an empty slot
