@@ -44,10 +44,9 @@ def _run(tmp_path, verify: str) -> tuple[set[str], dict[str, str]]:
     pairs = _pairs(120)
     path = tmp_path / "posts.jsonl"
     with open(path, "w", encoding="utf-8") as fh:
-        for n, (a, b) in enumerate(pairs):
-            fh.write(json.dumps({"id": f"a{n}", "text": a}) + "\n")
-        for n, (a, b) in enumerate(pairs):
-            fh.write(json.dumps({"id": f"b{n}", "text": b}) + "\n")
+        for side in (0, 1):  # every original is read before any copy
+            for n, pair in enumerate(pairs):
+                fh.write(json.dumps({"id": f"{'ab'[side]}{n}", "text": pair[side]}) + "\n")
     cfg = DataConfig(
         anomaly={"enabled": False},
         noise_model={"enabled": False},
