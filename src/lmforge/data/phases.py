@@ -113,6 +113,7 @@ def _pii_key(cfg: DataConfig) -> str | None:
 
 def rule_steps(cfg: DataConfig) -> list[PipelineStep]:
     """The per-document steps of the filter phase, in order."""
+    from lmforge.data.steps.chrome import ChromeTrimmer
     from lmforge.data.steps.language import LanguageFilter
     from lmforge.data.steps.normalize import Normalizer
     from lmforge.data.steps.quality import (
@@ -127,6 +128,7 @@ def rule_steps(cfg: DataConfig) -> list[PipelineStep]:
 
     steps: list[PipelineStep] = [
         Normalizer(),
+        ChromeTrimmer(),
         LengthFilter(cfg.min_chars, cfg.max_chars),
         LetterRatioFilter(cfg.min_letter_ratio),
         MojibakeFilter(),
