@@ -13,6 +13,7 @@ from lmforge.data.anomaly import (
     FEATURE_NAMES,
     MIN_SCALE,
     SHORT_TEXT_PRIOR,
+    SHORT_TEXT_PRIOR_TOKENS,
     AnomalyDetector,
     CharLanguageModel,
     batch_features,
@@ -89,14 +90,22 @@ def test_repeated_lines_raise_the_duplicate_line_ratio():
 
 def test_character_class_ratios():
     f = feat("Order 12345 67890 ok")
-    # digits and symbols are shares of the text plus SHORT_TEXT_PRIOR characters
-    assert f["digit_ratio"] == pytest.approx(10 / (17 + SHORT_TEXT_PRIOR))
+    # numbers are a share of the tokens plus SHORT_TEXT_PRIOR_TOKENS, symbols of the
+    # characters plus SHORT_TEXT_PRIOR
+    assert f["digit_ratio"] == pytest.approx(2 / (4 + SHORT_TEXT_PRIOR_TOKENS))
     assert f["letter_ratio"] == pytest.approx(7 / 17)
     assert feat("!!! $$$ ### ok")["symbol_ratio"] == pytest.approx(9 / (11 + SHORT_TEXT_PRIOR))
-    assert feat("等了70分钟")["digit_ratio"] < feat("7" * 40 + "分钟")["digit_ratio"] / 3
+    # a price is one token: a review quoting two sits far below a log of dates and times
+    prices = feat("1299买了好几个了 还行 现在1249")["digit_ratio"]
+    log = feat("付款 2009-6-12 0:51:00 打印 2009-6-13 9:36:00 出库 2009-6-13 9:41:00")[
+        "digit_ratio"
+    ]
+    assert prices < log / 3
     assert feat("电池续航很好")["cjk_share"] == 1.0
     assert feat("battery is good")["cjk_share"] == 0.0
-    assert feat("电池很好 good")["cjk_share"] == pytest.approx(4 / 8)
+    assert feat("电池很好 good")["cjk_share"] == pytest.approx(4 / 5)  # a word weighs one token
+    brand = feat("外观漂亮，电池比较耐用，硬盘很安静（Seagate的，比msiU90的WD好）")["cjk_share"]
+    assert brand > 0.85
 
 
 def test_upper_ratio_needs_enough_latin_letters():

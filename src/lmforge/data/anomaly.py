@@ -30,10 +30,10 @@ from lmforge.errors import ConfigError, InputDataError
 FEATURE_NAMES: tuple[str, ...] = (
     "log_length",  # log(1 + characters)
     "letter_ratio",  # letters (CJK included) / non-space characters
-    "digit_ratio",  # digits / non-space characters
+    "digit_ratio",  # numbers / tokens: a price or a date is one token, like a CJK character
     "symbol_ratio",  # punctuation, symbols and emoji / non-space characters
     "upper_ratio",  # upper-case / Latin letters; 0 below MIN_LATIN_FOR_CASE letters
-    "cjk_share",  # CJK characters / letters
+    "cjk_share",  # CJK characters / (CJK characters + Latin words and URLs)
     "dup_line_ratio",  # characters in lines repeating an earlier line / all characters
     "repeated_ngram_coverage",  # token positions inside a 4-gram said 3+ times
     "compression_ratio",  # UTF-8 bytes / zlib-compressed bytes (repetition compresses)
@@ -87,7 +87,8 @@ MIN_SCALE: dict[str, float] = {
 MIN_LATIN_FOR_CASE = 20  # "APP" or "OK" in a Chinese review is not shouting
 MAD_TO_SIGMA = 1.4826  # MAD * this estimates the standard deviation of a normal sample
 MAX_RATE = 0.001  # the most a feature side may flag of the documents it was fitted on
-SHORT_TEXT_PRIOR = 20  # characters added to the denominator of the digit and symbol shares
+SHORT_TEXT_PRIOR = 20  # characters added to the denominator of the symbol share
+SHORT_TEXT_PRIOR_TOKENS = 10  # tokens added to the denominator of the number share
 POOLED = "all"  # the group name of the thresholds fitted on every row
 POOLED_ANCHOR = 0.01  # pooled thresholds: k scales beyond the 1st / 99th percentile
 
@@ -280,21 +281,27 @@ def _text_features(text: str) -> list[float]:
     # model names and acronyms ("LG W800", "TFT"), written in capitals by convention.
     judge_case = latin >= MIN_LATIN_FOR_CASE and latin >= 0.5 * letters
     upper = _run_chars(_UPPER_RE, text) if judge_case else 0
-    cjk = _run_chars(_CJK_RE, text)
     lines = text.split("\n")
     toks = TOKEN_RE.findall(text.lower())
     raw = text.encode("utf-8")
     per_char = 1.0 / non_space if non_space else 0.0
-    # Digits and symbols are shares of a text with SHORT_TEXT_PRIOR extra characters: in a
-    # ten-character review ("等了70分钟", "太慢了。。。") a few of them are normal, not junk.
+    # Symbols are a share of a text with SHORT_TEXT_PRIOR extra characters, numbers of one
+    # with SHORT_TEXT_PRIOR_TOKENS extra tokens: in a ten-character review ("等了70分钟",
+    # "太慢了。。。") a few of them are normal, not junk.
     per_char_shrunk = 1.0 / (non_space + SHORT_TEXT_PRIOR)
+    # Counted in tokens, a review quoting prices ("1299买的，现在1249") or a model name in
+    # Latin letters ("硬盘很安静（Seagate的）") is ordinary; a log of dates, a table of
+    # figures or a Latin text filed as Chinese still stands out.
+    numbers = sum(1 for t in toks if t[0].isdigit())
+    cjk_tokens = sum(1 for t in toks if len(t) == 1 and _CJK_RE.match(t))
+    words = len(toks) - numbers - cjk_tokens
     return [
         math.log1p(chars),
         letters * per_char,
-        digits * per_char_shrunk,
+        numbers / (len(toks) + SHORT_TEXT_PRIOR_TOKENS),
         (non_space - letters - digits) * per_char_shrunk,
         upper / latin if judge_case else 0.0,
-        cjk / letters if letters else 0.0,
+        cjk_tokens / (cjk_tokens + words) if cjk_tokens + words else 0.0,
         duplicate_line_share(lines) if len(lines) > 1 else 0.0,
         repeated_ngram_coverage(toks),
         len(raw) / len(zlib.compress(raw, 6)) if raw else 0.0,
