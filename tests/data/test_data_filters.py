@@ -73,6 +73,7 @@ def test_boilerplate_only_documents_are_dropped():
     )
     assert verdict(f, "Loading... Please enable JavaScript to view the comments.") == "boilerplate"
     assert verdict(f, 'function(){var a = "x"; window.dataLayer.push({a:1});}') == "boilerplate"
+    assert verdict(f, '<div class="nav"><a href="/">Home</a></div><br/>') == "boilerplate"
 
 
 @pytest.mark.parametrize(
@@ -84,6 +85,8 @@ def test_boilerplate_only_documents_are_dropped():
         "Battery, screen, camera: all good / fast delivery.",
         "登录不了，客服也不回复。",
         "Home delivery was quick and the box was intact.",
+        "在<魔鬼出没的世界>之前.标题好象显示不出来.",  # a title in angle brackets is no tag
+        "看完了<步步惊心>，心中深藏的情感似乎很淡薄，只是世事已尽的感慨。",
     ],
 )
 def test_reviews_that_mention_web_words_are_kept(review):

@@ -78,6 +78,8 @@ def test_hash_set_grows_and_remembers_everything():
     assert all(s.add(k) for k in keys)
     assert not any(s.add(k) for k in keys)
     assert len(s) == len(keys)
+    assert all(k in s for k in keys)
+    assert sum(rng.randrange(1, 2**64) in s for _ in range(1000)) == 0  # nothing else is in
     assert s.add(0) and not s.add(0)  # 0 is stored like any other key
 
 

@@ -89,6 +89,6 @@ BOILERPLATE_PHRASES = re.compile(
 )
 NAV_SEPARATORS = re.compile(r"\s*(?:\||·|•|»|›|>)\s*")
 MARKUP_RESIDUE = re.compile(
-    r"</?\w+[^>]*>|\{[^{}]*[:;][^{}]*\}|\bfunction\s*\(|\bvar\s+\w+\s*=|=\s*\"|"
+    r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]{0,300})?/?>|\{[^{}]*[:;][^{}]*\}|\bfunction\s*\(|\bvar\s+\w+\s*=|=\s*\"|"
     r"\b(?:px|em|rgba?)\b\s*[;)]|\bwindow\.\w+|\bdocument\.\w+"
 )
