@@ -32,34 +32,29 @@ class HashSet64:
     def __len__(self) -> int:
         return self._size
 
-    def __contains__(self, key: int) -> bool:
-        key = key or 1
+    def _slot(self, key: int) -> int:
+        """Where `key` is, or the empty slot where it would go."""
         slots, mask = self._slots, self._mask
         i = key & mask
-        while True:
-            held = slots[i]
-            if held == key:
-                return True
-            if held == 0:
-                return False
+        while slots[i] not in (key, 0):
             i = (i + 1) & mask
+        return i
+
+    def __contains__(self, key: int) -> bool:
+        key = key or 1  # 0 marks an empty slot
+        return self._slots[self._slot(key)] != 0
 
     def add(self, key: int) -> bool:
         """Insert `key`; False if it was already there."""
-        key = key or 1  # 0 marks an empty slot
-        slots, mask = self._slots, self._mask
-        i = key & mask
-        while True:
-            held = slots[i]
-            if held == key:
-                return False
-            if held == 0:
-                slots[i] = key
-                self._size += 1
-                if 2 * self._size > len(slots):
-                    self._grow()
-                return True
-            i = (i + 1) & mask
+        key = key or 1
+        i = self._slot(key)
+        if self._slots[i]:
+            return False
+        self._slots[i] = key
+        self._size += 1
+        if 2 * self._size > len(self._slots):
+            self._grow()
+        return True
 
     def _grow(self) -> None:
         old = self._slots
