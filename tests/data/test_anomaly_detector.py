@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 import pytest
+from demo_posts import generated_posts
 
-from lmforge.config import CorpusConfig
 from lmforge.data.anomaly import (
     DIRECTIONS,
     FEATURE_NAMES,
@@ -19,7 +19,6 @@ from lmforge.data.anomaly import (
     batch_features,
     document_features,
 )
-from lmforge.demo import generate_corpus
 from lmforge.errors import ConfigError, InputDataError
 
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -35,23 +34,7 @@ GIBBERISH = [
 
 def review_texts(folder, seed: int, docs: int = 2000) -> list[str]:
     """The clean posts of a small generated demo corpus (ground truth: no noise)."""
-    generate_corpus(folder, CorpusConfig(docs=docs, seed=seed))
-    clean = set()
-    with open(folder / "ground_truth.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            if not row["noise"]:
-                clean.add(row["id"])
-    texts = []
-    with open(folder / "posts.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the generator plants a few truncated lines
-            if row["id"] in clean:
-                texts.append(row["text"])
-    return texts
+    return [text for text, planted in generated_posts(folder, seed, docs) if not planted]
 
 
 @pytest.fixture(scope="module")

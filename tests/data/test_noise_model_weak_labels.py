@@ -5,11 +5,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from demo_posts import generated_posts
 
-from lmforge.config import CorpusConfig
 from lmforge.data.evaluate import REMOVAL_KINDS
 from lmforge.data.noise_model import HashingParams, NoiseModel, evaluate
-from lmforge.demo import generate_corpus
 from lmforge.errors import ConfigError, InputDataError
 
 # Small hash spaces keep the tests fast; the defaults are for real corpora.
@@ -19,24 +18,12 @@ SMALL = HashingParams(char_features=1 << 16, word_features=1 << 14)
 def posts_with_labels(folder, seed: int, docs: int) -> tuple[list[str], list[bool]]:
     """Posts of a generated demo corpus: noisy when the ground truth plants a removal kind
     (junk markup, gibberish, spam, wrong language, too short), clean when it plants nothing."""
-    generate_corpus(folder, CorpusConfig(docs=docs, seed=seed))
-    kinds = {}
-    with open(folder / "ground_truth.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            kinds[row["id"]] = set(row["noise"])
     texts, noisy = [], []
-    with open(folder / "posts.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the generator plants a few truncated lines
-            planted = kinds[row["id"]]
-            if planted and not planted & REMOVAL_KINDS:
-                continue  # duplicates, PII, mojibake: other steps' job
-            texts.append(row["text"])
-            noisy.append(bool(planted))
+    for text, planted in generated_posts(folder, seed, docs):
+        if planted and not planted & REMOVAL_KINDS:
+            continue  # duplicates, PII, mojibake: other steps' job
+        texts.append(text)
+        noisy.append(bool(planted))
     return texts, noisy
 
 

@@ -166,6 +166,14 @@ def _shard_start(out: str, phase: str, index: int) -> tuple[RunPaths, Path, dict
     return paths, folder, read_marker(folder, index)
 
 
+def _driver_start(out: str, phase: str) -> tuple[RunPaths, Path, Path, dict | None]:
+    """Paths of a driver phase, its `_done.json`, and the summary stored there if it ran."""
+    paths = RunPaths(Path(out))
+    folder = paths.phase(phase)
+    done_path = folder / "_done.json"
+    return paths, folder, done_path, read_json(done_path) if done_path.is_file() else None
+
+
 def filter_shard(out: str, index: int, cfg_json: str) -> dict[str, Any]:
     paths, folder, done = _shard_start(out, "filter", index)
     if done is not None:
@@ -269,11 +277,9 @@ MIN_WEAK_LABELS = 50  # fewer noisy examples than this teach the model nothing u
 
 def fit_models(out: str, shards: int, cfg: DataConfig) -> dict[str, Any]:
     """Fit the anomaly detector and the noise model; returns (and stores) a summary."""
-    paths = RunPaths(Path(out))
-    folder = paths.phase("fit")
-    done_path = folder / "_done.json"
-    if done_path.is_file():
-        return read_json(done_path)
+    paths, folder, done_path, done = _driver_start(out, "fit")
+    if done is not None:
+        return done
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     summary: dict[str, Any] = {"anomaly": None, "noise_model": None}
@@ -486,11 +492,9 @@ def _survivor_shingles(score: Path, shards: int, survivors: np.ndarray) -> Shing
 
 def dedup_all(out: str, shards: int, cfg: DataConfig) -> dict[str, Any]:
     """Exact then near-duplicate clusters over the survivors of every shard, in read order."""
-    paths = RunPaths(Path(out))
-    folder = paths.phase("dedup")
-    done_path = folder / "_done.json"
-    if done_path.is_file():
-        return read_json(done_path)
+    paths, folder, done_path, done = _driver_start(out, "dedup")
+    if done is not None:
+        return done
     score = paths.phase("score")
     started = time.perf_counter()
     rows = [read_marker(score, i)["rows"] for i in range(shards)]
