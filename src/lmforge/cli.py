@@ -215,9 +215,54 @@ def data_clean(
 
 
 @app.command()
-def train(config: ConfigArg = None, sets: SetOpt = None, workdir: WorkdirOpt = None) -> None:
-    """Train the tokenizer and classifier on WORKDIR/data; register the model."""
+def train(
+    config: ConfigArg = None,
+    sets: SetOpt = None,
+    workdir: WorkdirOpt = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option("--nproc", min=1, help="Local ranks (training-run configs); default 1."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Run directory (training-run configs)."),
+    ] = None,
+    max_restarts: Annotated[
+        int, typer.Option("--max-restarts", min=0, help="Relaunch failed ranks this often.")
+    ] = 0,
+) -> None:
+    """Train a model.
+
+    With a training-run config (a file with a top-level `model:` section, e.g.
+    configs/tiny-lm.yaml) this runs the distributed engine on --nproc local ranks and writes
+    OUT/metrics.jsonl, OUT/checkpoints and OUT/model; rerunning resumes. With a pipeline
+    config it trains the tokenizer and classifier on WORKDIR/data and registers the model.
+    """
+    from lmforge.train.run_config import is_run_config
+
+    if config is not None and config.is_file() and is_run_config(config):
+        _train_run(config, list(sets or []), out, nproc or 1, max_restarts)
+        return
+    if nproc is not None or out is not None:
+        raise ConfigError(
+            "--nproc and --out need a training-run config (one with a top-level `model:` "
+            "section, like configs/tiny-lm.yaml)"
+        )
     _print_summary({"train": _run_one("train", _load(config, sets, workdir))}, "")
+
+
+def _train_run(config: Path, sets: list[str], out: Path | None, nproc: int, restarts: int) -> None:
+    from lmforge.train.launch import check_layout, launch
+    from lmforge.train.run_config import load_run_config
+
+    cfg = load_run_config(config, sets)
+    check_layout(cfg, nproc)
+    out = (out or Path("runs") / config.stem).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    code = launch(config.resolve(), out, nproc, sets, restarts)
+    if code:
+        raise typer.Exit(code)
+    console.print(f"metrics: {out / 'metrics.jsonl'}  model: {out / 'model'}")
 
 
 @app.command()

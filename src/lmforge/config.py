@@ -321,13 +321,13 @@ class RunConfig(Section):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _format_error(err: ValidationError) -> str:
+def _format_error(err: ValidationError, root: type[BaseModel] | None = None) -> str:
     first = err.errors()[0]
     path = ".".join(str(p) for p in first["loc"]) or "<root>"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
-        parent = _model_at(RunConfig, [p for p in first["loc"][:-1] if isinstance(p, str)])
+        parent = _model_at(root or RunConfig, [p for p in first["loc"][:-1] if isinstance(p, str)])
         if parent is not None:
             msg += f"; allowed here: {', '.join(sorted(parent.model_fields))}"
     elif first["type"] == "literal_error" and "expected" in first.get("ctx", {}):

@@ -1,0 +1,550 @@
+"""The distributed training engine: one loop for every layout, precision and schedule.
+
+Per rank, in order: prepare data (rank 0) → build the full model with the run's seed (the
+same weights everywhere) → activation checkpointing → cut into pipeline stages (pp > 1) →
+tensor parallel → data parallel (DDP or FSDP2) → AdamW per model part → resume from the
+newest checkpoint of the same run → steps → final checkpoint → export (rank 0).
+
+A step takes global batch `step` (see `tasks.py`); its loss is the sum over the whole
+global batch divided by the global count, multiplied by the data-parallel degree because
+DDP/FSDP2 average gradients over data-parallel ranks. So every layout computes the same
+gradient, and the per-step loss equals a single-process run's up to float rounding.
+
+Rows of RUN/metrics.jsonl: {"kind": "train", step, loss, lr, grad_norm, tokens,
+tokens_per_second, mfu, peak_memory_mb, comm_seconds, compute_seconds, comm_share,
+loss_scale, overflow, overflows, micro_batch_size, seconds} and {"kind": "eval", ...}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from torch import nn
+
+from lmforge.errors import ConfigError, LmforgeError
+from lmforge.parallel.dims import ParallelDims
+from lmforge.parallel.grad_norm import clip_grad_norm
+from lmforge.parallel.pipeline import (
+    build_pipeline,
+    check_microbatches,
+    num_stages,
+    split_model,
+)
+from lmforge.parallel.sharding import parallelize_part, uses_fsdp
+from lmforge.train.precision import Precision
+from lmforge.train.run_config import TrainRunConfig
+from lmforge.train.schedule import build_scheduler
+from lmforge.train.tasks import Batch, Task, load_task, prepare_data
+from lmforge.train.trainer import build_param_groups
+
+AfterBackward = Callable[[int, list[nn.Module]], None]
+
+
+class TrainingDivergedError(LmforgeError):
+    """The loss became NaN or infinite in full precision."""
+
+
+@dataclass
+class RankContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    distributed: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> RankContext:
+    """Join the process group torchrun (or `lmforge train --nproc`) set up in the env.
+
+    NCCL on CUDA, gloo on CPU; the code path after this is the same.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world)
+    return RankContext(rank, world, local_rank, device, world > 1)
+
+
+def _cpu_peak_flops(device: torch.device) -> float:
+    """Measured fp32 matmul FLOP/s of this process: the MFU denominator on a CPU."""
+    a = torch.randn(512, 512)
+    torch.mm(a, a)
+    start, n = time.perf_counter(), 8
+    for _ in range(n):
+        torch.mm(a, a)
+    return 2 * 512**3 * n / (time.perf_counter() - start)
+
+
+_GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+def peak_flops(device: torch.device, precision: str) -> float:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in _GPU_PEAK_BF16.items():
+            if key in name:
+                return value if precision != "fp32" else value / 2  # tf32 dense is half of bf16
+        return 100e12
+    return _cpu_peak_flops(device)
+
+
+def flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """6·N (forward + backward over the non-embedding weights) + the attention score term."""
+    n = sum(
+        p.numel()
+        for m in model.modules()
+        if not isinstance(m, nn.Embedding)
+        for p in m.parameters(recurse=False)
+    )
+    cfg = model.config
+    d = getattr(cfg, "d_model", 0)
+    layers = getattr(cfg, "n_layers", 0)
+    return 6.0 * n + 12.0 * layers * d * seq_len
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class Engine:
+    def __init__(
+        self,
+        cfg: TrainRunConfig,
+        out_dir: str | Path,
+        ctx: RankContext | None = None,
+        console: Console | None = None,
+        after_backward: AfterBackward | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.ctx = ctx or init_distributed()
+        self.console = console or Console(stderr=True, quiet=not self.ctx.is_main)
+        self.after_backward = after_backward  # test hook: fault injection after backward
+        self.rows: list[dict[str, Any]] = []
+        self.overflows = 0
+        self.tokens_seen = 0
+        self.train_seconds = 0.0
+        self.step = 0
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        p, t = cfg.parallel, cfg.train
+        self.dims = ParallelDims.resolve(ctx.world_size, p.dp_replicate, p.dp_shard, p.tp, p.pp)
+        self._check_batch_shape()
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.mesh = self.dims.build_mesh(ctx.device.type) if ctx.distributed else None
+        data_dir = self.out / "data"
+        if ctx.is_main:
+            prepare_data(cfg, data_dir)
+        self._barrier()
+        self.task: Task = load_task(cfg, data_dir)
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        full = self.task.build_model()
+        self.model_config = full.config
+        self.flops_per_token = flops_per_token(full, cfg.data.seq_len)
+        if t.activation_checkpointing != "none":
+            from lmforge.train.activation_checkpoint import apply_activation_checkpointing
+
+            apply_activation_checkpointing(full, t.activation_checkpointing, t.ac_every_k)
+        full.to(ctx.device)
+        self.dp_rank = self._coord("dp")
+        self.tp_rank = self._coord("tp")
+        self.pp_rank = self._coord("pp")
+        if self.dims.pp > 1:
+            check_microbatches(p.pp_schedule, self.dims.pp, p.microbatches)
+            staged = split_model(full, p.pp_schedule, self.pp_rank, self.dims.pp, p.stages_per_rank)
+            del full
+        else:
+            staged = [(0, full)]
+        self.parts: list[nn.Module] = []  # the modules that own the parameters
+        self.callables: list[nn.Module] = []  # what to call (a DDP wrapper for ddp)
+        for _, part in staged:
+            wrapped = parallelize_part(
+                part,
+                self.dims,
+                self.mesh,
+                t.precision,
+                ctx.device,
+                p.sequence_parallel,
+                p.fsdp_reshard_after_forward,
+            )
+            self.parts.append(part)
+            self.callables.append(wrapped)
+        self.optimizers = [
+            torch.optim.AdamW(build_param_groups(m, t.weight_decay), lr=t.lr, foreach=True)
+            for m in self.parts
+        ]
+        self.schedulers = [
+            build_scheduler(o, t.warmup_steps, t.max_steps, t.min_lr_ratio) for o in self.optimizers
+        ]
+        self.precision = Precision(
+            t.precision, ctx.device, uses_fsdp(self.dims), t.initial_loss_scale, self._world_group()
+        )
+        self.pipeline = None
+        if self.dims.pp > 1:
+            n = num_stages(p.pp_schedule, self.dims.pp, p.stages_per_rank)
+            stage_modules = [(sid, m) for (sid, _), m in zip(staged, self.callables, strict=True)]
+            self.pipeline = build_pipeline(
+                stage_modules,
+                p.pp_schedule,
+                p.microbatches,
+                n,
+                ctx.device,
+                self.mesh["pp"].get_group(),
+                self._pipeline_loss,
+            )
+        # Loss terms are summed, then divided by the global count; x dp undoes the average
+        # DDP/FSDP2 take over data-parallel ranks.
+        self._loss_norm = 1.0
+        # Rank-specific dropout streams; tensor-parallel peers share one (they hold the
+        # same replicated activations).
+        torch.manual_seed(t.seed + 1 + self.dp_rank * 1009 + self.pp_rank * 7919)
+        self.peak_flops = peak_flops(ctx.device, t.precision)
+
+    def _check_batch_shape(self) -> None:
+        g, dims, p, t = (
+            self.cfg.train.global_batch_size,
+            self.dims,
+            self.cfg.parallel,
+            self.cfg.train,
+        )
+        per_dp = dims.dp * (p.microbatches if dims.pp > 1 else 1)
+        if g % per_dp:
+            what = f"dp={dims.dp}" + (f" x microbatches={p.microbatches}" if dims.pp > 1 else "")
+            raise ConfigError(
+                f"train.global_batch_size={g} is not divisible by {what} = {per_dp}; each "
+                "data-parallel rank (and micro-batch) must take an equal share"
+            )
+        local = g // dims.dp
+        if t.micro_batch_size and (dims.pp > 1 or local % t.micro_batch_size):
+            raise ConfigError(
+                f"train.micro_batch_size={t.micro_batch_size} must divide the per-rank batch "
+                f"{local} (global {g} / dp {dims.dp}); with pp > 1 use parallel.microbatches"
+            )
+
+    def _coord(self, dim: str) -> int:
+        return self.mesh[dim].get_local_rank() if self.mesh is not None else 0
+
+    def _world_group(self) -> Any:
+        return dist.group.WORLD if self.ctx.distributed else None
+
+    def _barrier(self) -> None:
+        if self.ctx.distributed:
+            dist.barrier()
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def _pipeline_loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.task.loss_sum(output, targets) * self._loss_norm
+
+    def _micro_batches(self, batch: Batch) -> list[Batch]:
+        size = self.cfg.train.micro_batch_size
+        rows = batch.targets.shape[0]
+        if not size or size >= rows:
+            return [batch]
+        out = []
+        for start in range(0, rows, size):
+            sl = slice(start, start + size)
+            inputs = tuple(x[sl] for x in batch.inputs)
+            tokens = int(inputs[1].sum()) if len(inputs) > 1 else inputs[0].numel()
+            out.append(Batch(inputs, batch.targets[sl], batch.targets[sl].numel(), tokens))
+        return out
+
+    def _forward_backward(self, batch: Batch) -> float:
+        """Backward over the rank's share; returns its summed, normalised loss."""
+        dev = self.ctx.device
+        inputs = tuple(x.to(dev, non_blocking=True) for x in batch.inputs)
+        targets = batch.targets.to(dev, non_blocking=True)
+        if self.pipeline is not None:
+            with self.precision.autocast():
+                losses = self.pipeline.step(inputs, targets)
+            return float(sum(float(x) for x in losses)) if losses else 0.0
+        module = self.callables[0]
+        micros = self._micro_batches(Batch(inputs, targets, batch.count, batch.tokens))
+        total = 0.0
+        for i, mb in enumerate(micros):
+            last = i == len(micros) - 1
+            with self._grad_sync(module, last), self.precision.autocast():
+                loss = self.task.loss_sum(module(*mb.inputs), mb.targets) * self._loss_norm
+            self.precision.backward(loss)
+            total += float(loss.detach())
+        return total
+
+    def _grad_sync(self, module: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+        """Reduce gradients only on the last micro-batch of a step."""
+        if hasattr(module, "no_sync"):  # DDP
+            return contextlib.nullcontext() if sync else module.no_sync()
+        if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+            module.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> dict[str, Any]:
+        t = self.cfg.train
+        step = self.step
+        started = time.perf_counter()
+        batch = self.task.batch(step, self.dp_rank, self.dims.dp)
+        global_count = batch.count * self.dims.dp
+        self._loss_norm = self.dims.dp / global_count
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        local = self._forward_backward(batch)
+        if self.after_backward is not None:
+            self.after_backward(step + 1, self.parts)
+        self.precision.unscale(self.optimizers)
+        params = [p for m in self.parts for p in m.parameters() if p.requires_grad]
+        pp_group = self.mesh["pp"].get_group() if self.dims.pp > 1 else None
+        grad_norm = clip_grad_norm(params, t.grad_clip, pp_group)
+        stepped = self.precision.step(self.optimizers, grad_norm)
+        if not stepped:
+            self.overflows += 1
+        lr = self.optimizers[0].param_groups[0]["lr"]
+        for sched in self.schedulers:
+            sched.step()
+        loss = self._global_loss(local)
+        if self.cfg.train.precision != "fp16" and not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss is {loss} at step {step + 1} (lr {lr:.2e}); lower train.lr, raise "
+                "train.warmup_steps, or use train.precision fp32"
+            )
+        seconds = time.perf_counter() - started
+        tokens = batch.tokens * self.dims.dp
+        self.step += 1
+        self.tokens_seen += tokens
+        self.train_seconds += seconds
+        tps = tokens / max(seconds, 1e-9)
+        return {
+            "kind": "train",
+            "step": self.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": tokens,
+            "tokens_per_second": tps,
+            "mfu": self.flops_per_token * tps / (self.peak_flops * self.ctx.world_size),
+            "peak_memory_mb": peak_memory_mb(self.ctx.device),
+            "loss_scale": self.precision.scale_value(),
+            "overflow": not stepped,
+            "overflows": self.overflows,
+            "micro_batch_size": self._micro_size(batch),
+            "seconds": self.train_seconds,
+        }
+
+    def _micro_size(self, batch: Batch) -> int:
+        rows = batch.targets.shape[0]
+        if self.dims.pp > 1:
+            return rows // self.cfg.parallel.microbatches
+        return min(self.cfg.train.micro_batch_size or rows, rows)
+
+    def _global_loss(self, local: float) -> float:
+        """The global batch's mean loss, the same number on every rank."""
+        if not self.ctx.distributed:
+            return local
+        owns = self.tp_rank == 0 and (self.pipeline is None or self.pipeline.has_last)
+        value = torch.tensor([local if owns else 0.0], dtype=torch.float64)
+        dist.all_reduce(value)
+        return float(value) / self.dims.dp
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "data_position": self.step,  # global batches consumed; the stream is indexed by it
+            "identity": self.cfg.identity_hash(),
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self.train_seconds,
+            "overflows": self.overflows,
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "precision": self.precision.state_dict(),
+            "layout": self.dims.describe(),
+            "world_size": self.ctx.world_size,
+        }
+
+    def save(self) -> Path:
+        from lmforge.train.dist_checkpoint import save_dist_checkpoint
+
+        return save_dist_checkpoint(
+            self.ckpt_root,
+            self.step,
+            self.parts,
+            self.optimizers,
+            self._extra_state(),
+            keep=self.cfg.train.keep_checkpoints,
+        )
+
+    def resume(self) -> int | None:
+        from lmforge.train.dist_checkpoint import latest_dist_checkpoint, load_dist_checkpoint
+
+        latest = latest_dist_checkpoint(self.ckpt_root)
+        if latest is None:
+            return None
+        state = json.loads((latest / "state.json").read_text(encoding="utf-8"))
+        extra = state.get("extra", state)
+        if extra.get("identity") != self.cfg.identity_hash():
+            raise ConfigError(
+                f"{self.ckpt_root} holds checkpoints of a different run (model, data or "
+                "training settings changed); use another --out, or delete the folder to start over"
+            )
+        extra = load_dist_checkpoint(latest, self.parts, self.optimizers)
+        self.step = int(extra["step"])
+        self.tokens_seen = int(extra["tokens_seen"])
+        self.train_seconds = float(extra["train_seconds"])
+        self.overflows = int(extra["overflows"])
+        for sched, sd in zip(self.schedulers, extra["schedulers"], strict=True):
+            sched.load_state_dict(sd)
+        self.precision.load_state_dict(extra["precision"])
+        return self.step
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def _load_rows(self, upto: int) -> None:
+        """Keep rows up to the resumed step; a crash may have logged steps past it."""
+        rows = []
+        if self.metrics_path.exists():
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    row = json.loads(line)
+                    if row.get("step", 0) <= upto:
+                        rows.append(row)
+        self.rows = rows
+        if self.ctx.is_main:
+            from lmforge.workspace import atomic_write_text
+
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        from lmforge.train.dist_checkpoint import TerminationFlag
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.setup()
+        resumed = self.resume()
+        self._load_rows(resumed or 0)
+        t = self.cfg.train
+        c = self.console
+        c.print(
+            f"training {type(self.parts[0]).__name__} ({self.dims.describe()}, {t.precision}, "
+            f"{self.ctx.device.type}) for {t.max_steps} steps"
+            + (f"; resumed at step {resumed}" if resumed else "")
+        )
+        log = self.metrics_path.open("a", encoding="utf-8") if self.ctx.is_main else None
+        stopped_early = False
+        try:
+            with TerminationFlag() as term, self._progress() as progress:
+                task = progress.add_task(
+                    "train", total=t.max_steps, completed=self.step, loss=math.nan
+                )
+                while self.step < t.max_steps:
+                    row = self.train_step()
+                    self._log(log, row)
+                    progress.update(task, advance=1, loss=row["loss"])
+                    if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
+                        self._log(log, self.evaluate())
+                    if self.step == t.max_steps or (
+                        t.checkpoint_every and self.step % t.checkpoint_every == 0
+                    ):
+                        self.save()
+                    elif self._any_rank(term.requested):
+                        path = self.save()
+                        c.print(
+                            f"[yellow]SIGTERM: saved {path.name}; rerun the same command to resume"
+                        )
+                        stopped_early = True
+                        break
+        finally:
+            if log is not None:
+                log.close()
+        return {"steps": self.step, "stopped_early": stopped_early}
+
+    def _any_rank(self, flag: bool) -> bool:
+        """A signal may reach one rank only; every rank must agree before the collective save."""
+        if not self.ctx.distributed:
+            return flag
+        value = torch.tensor([1 if flag else 0])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def evaluate(self) -> dict[str, Any]:
+        """Eval loss (and accuracy) with the sharded model; every rank runs the same batches."""
+        if self.pipeline is not None:
+            return {"kind": "eval", "step": self.step, "note": "evaluated after training (pp > 1)"}
+        module = self.callables[0]
+        sums: dict[str, float] = {}
+        module.eval()
+        try:
+            with torch.no_grad(), self.precision.autocast():
+                for b in self.task.eval_batches(
+                    self.cfg.train.eval_batches, self.cfg.train.global_batch_size
+                ):
+                    out = module(*(x.to(self.ctx.device) for x in b.inputs))
+                    for k, v in self.task.eval_sums(out, b.targets.to(self.ctx.device)).items():
+                        sums[k] = sums.get(k, 0.0) + v
+        finally:
+            module.train()
+        return {"kind": "eval", "step": self.step, **self.task.eval_metrics(sums)}
+
+    def _log(self, log: Any, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if log is not None:
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+
+    def _progress(self) -> Any:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=not self.console.is_terminal,
+        )
+
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.rows if r.get("kind") == "train"]
