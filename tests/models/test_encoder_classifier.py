@@ -43,7 +43,7 @@ def test_sdpa_attention_matches_reference():
     with torch.no_grad():
         fast = attn(x, mask[:, None, None, :])
         # Reference: explicit softmax(QK^T / sqrt(d)) with masked keys set to -inf.
-        q, k, v = attn.qkv(x).split(16, dim=2)
+        q, k, v = attn.q(x), attn.k(x), attn.v(x)
         q, k, v = (t.view(2, 6, 4, 4).transpose(1, 2) for t in (q, k, v))
         scores = q @ k.transpose(-2, -1) / math.sqrt(4)
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))

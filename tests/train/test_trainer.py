@@ -164,7 +164,7 @@ def test_weight_decay_skips_norms_biases_and_embeddings():
     model = build_model()
     decay, no_decay = build_param_groups(model, 0.1)
     decayed = {id(p) for p in decay["params"]}
-    assert id(model.head.weight) in decayed and id(model.blocks[0].attn.qkv.weight) in decayed
+    assert id(model.head.weight) in decayed and id(model.blocks["0"].attn.q.weight) in decayed
     for p in (model.tok_emb.weight, model.pos_emb.weight, model.ln_final.weight, model.head.bias):
         assert id(p) not in decayed
     assert no_decay["weight_decay"] == 0.0

@@ -1,5 +1,6 @@
 """Models and the model directory format (see docs/workspace.md)."""
 
+from lmforge.models.decoder import DECODER_PRESETS, DecoderConfig, DecoderLM, decoder_config
 from lmforge.models.encoder import EncoderClassifier, EncoderConfig
 from lmforge.models.export import (
     ModelFormatError,
@@ -9,9 +10,13 @@ from lmforge.models.export import (
 )
 
 __all__ = [
+    "DECODER_PRESETS",
+    "DecoderConfig",
+    "DecoderLM",
     "EncoderClassifier",
     "EncoderConfig",
     "ModelFormatError",
+    "decoder_config",
     "load_model_dir",
     "quantize_int8_dynamic",
     "save_model_dir",

@@ -11,8 +11,10 @@ the file is about four times smaller and loads back to the very same quantised w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -33,6 +35,18 @@ ARCHITECTURE = "encoder-classifier"
 QUANTIZATIONS = ("int8_dynamic",)
 MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 _MODEL_KEYS = ("d_model", "n_layers", "n_heads", "d_ff", "max_len", "dropout")
+# Written by every save; a folder from before they existed loads with the original defaults.
+_OPTIONAL_MODEL_KEYS = (
+    "norm_position",
+    "embed_norm",
+    "type_vocab_size",
+    "norm_eps",
+    "pooling",
+    "activation",
+)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EncoderConfig)}
+# Older folders hold one fused attention projection; it is now q, k and v.
+_FUSED_QKV = re.compile(r"^(blocks\.\d+\.attn)\.qkv\.(weight|bias|weight_scale|weight_zero_point)$")
 
 
 class ModelFormatError(LmforgeError):
@@ -116,7 +130,7 @@ def build_config(
     cfg = model.config
     return {
         "architecture": ARCHITECTURE,
-        "model": {k: getattr(cfg, k) for k in _MODEL_KEYS},
+        "model": {k: getattr(cfg, k) for k in (*_MODEL_KEYS, *_OPTIONAL_MODEL_KEYS)},
         "vocab_size": cfg.vocab_size,
         "pad_id": cfg.pad_id,
         "labels": list(labels),
@@ -208,12 +222,43 @@ def read_model_config(model_dir: str | Path) -> dict[str, Any]:
 
 
 def encoder_config_from(config: dict[str, Any]) -> EncoderConfig:
-    return EncoderConfig(
-        vocab_size=int(config["vocab_size"]),
-        n_classes=len(config["labels"]),
-        pad_id=int(config["pad_id"]),
-        **{k: config["model"][k] for k in _MODEL_KEYS},
-    )
+    model = config["model"]
+    try:
+        return EncoderConfig(
+            vocab_size=int(config["vocab_size"]),
+            n_classes=len(config["labels"]),
+            pad_id=int(config["pad_id"]),
+            **{k: model[k] for k in _MODEL_KEYS},
+            **{k: model.get(k, _DEFAULTS[k]) for k in _OPTIONAL_MODEL_KEYS},
+        )
+    except LmforgeError as exc:  # a ConfigError from a hand-edited config.json
+        raise ModelFormatError(f"config.json: {exc}") from exc
+
+
+def split_fused_qkv(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an older folder's fused `attn.qkv.*` tensors to today's `attn.q/k/v.*`.
+
+    The fused weight stacks q, k and v by output rows, so splitting rows is exact, for float
+    weights and for int8 ones with their per-tensor (shared) or per-row (split) scales.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        match = _FUSED_QKV.match(key)
+        if match is None:
+            out[key] = value
+            continue
+        prefix, suffix = match.groups()
+        if suffix in ("weight_scale", "weight_zero_point") and value.numel() == 1:
+            parts = (value, value.clone(), value.clone())  # per-tensor: q, k, v share it
+        elif value.shape[0] % 3:
+            raise ModelFormatError(
+                f"fused {key} has {value.shape[0]} rows, not 3 x d_model; the folder is damaged"
+            )
+        else:
+            parts = value.chunk(3, dim=0)
+        for name, part in zip("qkv", parts, strict=True):
+            out[f"{prefix}.{name}.{suffix}"] = part.contiguous()
+    return out
 
 
 def load_model_dir(
@@ -233,6 +278,7 @@ def load_model_dir(
         tensors = load_file(str(model_dir / "model.safetensors"))
     except (SafetensorError, OSError) as exc:
         raise ModelFormatError(f"cannot read {model_dir / 'model.safetensors'}: {exc}") from exc
+    tensors = split_fused_qkv(tensors)
     model = EncoderClassifier(encoder_config_from(config))
     model.eval()
     if stored == "int8_dynamic" and wanted == "int8_dynamic":

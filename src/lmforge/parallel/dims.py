@@ -82,12 +82,15 @@ class ParallelDims:
         parts = [f"{n}={getattr(self, n)}" for n in MESH_DIMS if getattr(self, n) > 1]
         return " x ".join(parts) if parts else "single process"
 
-    def build_mesh(self, device_type: str) -> Any:
-        """The world's DeviceMesh, with the flattened "dp" dim (dp_replicate x dp_shard)."""
+    def build_mesh(self, device_type: str) -> tuple[Any, Any]:
+        """(the world's DeviceMesh, its flattened data-parallel mesh dp_replicate x dp_shard).
+
+        The flattened mesh is kept here rather than sliced from the root again later:
+        slicing flattened dims off a root mesh is going away in torch.
+        """
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(
             device_type, tuple(getattr(self, n) for n in MESH_DIMS), mesh_dim_names=MESH_DIMS
         )
-        mesh["dp_replicate", "dp_shard"]._flatten("dp")
-        return mesh
+        return mesh, mesh["dp_replicate", "dp_shard"]._flatten("dp")

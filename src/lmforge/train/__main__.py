@@ -13,6 +13,9 @@ from pathlib import Path
 
 from lmforge.errors import LmforgeError
 
+# The shell's code for "terminated by SIGTERM": the run saved a checkpoint but did not finish.
+STOPPED_BY_SIGTERM = 143
+
 
 def run_rank(config: Path | None, out: Path, sets: list[str]) -> int:
     import torch.distributed as dist
@@ -33,7 +36,9 @@ def run_rank(config: Path | None, out: Path, sets: list[str]) -> int:
     finally:
         if ctx.distributed and dist.is_initialized():
             dist.destroy_process_group()
-    if ctx.is_main and not result["stopped_early"] and cfg.train.export:
+    if result["stopped_early"]:
+        return STOPPED_BY_SIGTERM
+    if ctx.is_main and cfg.train.export:
         from lmforge.train.run_export import export_run
 
         summary = export_run(cfg, out)

