@@ -124,12 +124,36 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     return 6.0 * n + 12.0 * layers * d * seq_len
 
 
-def peak_memory_mb(device: torch.device) -> float:
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new per-step memory high-water mark."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # Linux: "5" resets the process's peak RSS (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_bytes(device: torch.device) -> float:
+    """Peak since `reset_peak_memory`: allocated device memory, or the process's RSS on a CPU."""
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) * 1024
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # KiB on Linux
+
+
+def memory_cap_bytes(device: torch.device, cap_mb: float, local_ranks: int) -> int:
+    """The per-rank budget: the configured one, else 90 % of the device (or of RAM / ranks)."""
+    if cap_mb > 0:
+        return int(cap_mb * 2**20)
+    if device.type == "cuda":
+        return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(0.9 * total / max(1, local_ranks))
 
 
 def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -241,6 +265,10 @@ class Engine:
                 self.mesh["pp"].get_group(),
                 self._pipeline_loss,
             )
+        self.controller = None
+        self.pending_rows: list[dict[str, Any]] = []
+        if t.dynamic_batch.enabled:
+            self.controller = self._build_controller()
         self.comm = None
         if ctx.distributed:
             from lmforge.parallel.comm_meter import CommMeter
@@ -270,12 +298,47 @@ class Engine:
                 f"train.global_batch_size={g} is not divisible by {what} = {per_dp}; each "
                 "data-parallel rank (and micro-batch) must take an equal share"
             )
+        if t.dynamic_batch.enabled and dims.pp > 1:
+            raise ConfigError(
+                "train.dynamic_batch applies to layouts without pipeline stages; with "
+                "parallel.pp > 1 set parallel.microbatches instead"
+            )
         local = g // dims.dp
         if t.micro_batch_size and (dims.pp > 1 or local % t.micro_batch_size):
             raise ConfigError(
                 f"train.micro_batch_size={t.micro_batch_size} must divide the per-rank batch "
                 f"{local} (global {g} / dp {dims.dp}); with pp > 1 use parallel.microbatches"
             )
+
+    def _build_controller(self) -> Any:
+        from lmforge.train.batch_controller import (
+            ControllerSettings,
+            MicroBatchController,
+            divisors,
+        )
+
+        t = self.cfg.train
+        per_rank = t.global_batch_size // self.dims.dp
+        start = t.micro_batch_size or max(
+            d for d in divisors(per_rank) if d <= max(1, per_rank // 2)
+        )
+        db = t.dynamic_batch
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.ctx.world_size))
+        settings = ControllerSettings(
+            per_rank_batch=per_rank,
+            memory_cap_bytes=memory_cap_bytes(self.ctx.device, db.memory_cap_mb, local),
+            initial_micro=start,
+            headroom=db.headroom,
+            high_water=db.high_water,
+            patience=db.patience,
+        )
+        return MicroBatchController(settings, on_decision=self._on_batch_decision)
+
+    def _on_batch_decision(self, decision: dict[str, Any]) -> None:
+        self.pending_rows.append({"kind": "batch", **decision, "step": self.step})
+        self.console.print(
+            f"micro-batch {decision.get('old')} -> {decision.get('new')} ({decision.get('reason')})"
+        )
 
     def _coord(self, dim: str) -> int:
         return self.mesh[dim].get_local_rank() if self.mesh is not None else 0
@@ -292,17 +355,35 @@ class Engine:
     def _pipeline_loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.task.loss_sum(output, targets) * self._loss_norm
 
+    def _micro_size(self, rows: int) -> int:
+        if self.controller is not None:
+            return self.controller.micro
+        return min(self.cfg.train.micro_batch_size or rows, rows)
+
     def _micro_batches(self, batch: Batch) -> list[Batch]:
-        size = self.cfg.train.micro_batch_size
+        """Split the rank's share for gradient accumulation (the sum is unchanged).
+
+        With an attention mask (padded texts) rows are grouped by length and each
+        micro-batch is cut to its own longest row, so smaller micro-batches pad less.
+        """
         rows = batch.targets.shape[0]
-        if not size or size >= rows:
+        size = self._micro_size(rows)
+        if size >= rows:
             return [batch]
+        inputs, targets = batch.inputs, batch.targets
+        padded = len(inputs) > 1
+        if padded:
+            order = torch.argsort(inputs[1].sum(1), stable=True)
+            inputs, targets = tuple(x[order] for x in inputs), targets[order]
         out = []
         for start in range(0, rows, size):
             sl = slice(start, start + size)
-            inputs = tuple(x[sl] for x in batch.inputs)
-            tokens = int(inputs[1].sum()) if len(inputs) > 1 else inputs[0].numel()
-            out.append(Batch(inputs, batch.targets[sl], batch.targets[sl].numel(), tokens))
+            part = tuple(x[sl] for x in inputs)
+            if padded:
+                width = max(int(part[1].sum(1).max()), 1)
+                part = tuple(x[:, :width] for x in part)
+            tokens = int(part[1].sum()) if padded else part[0].numel()
+            out.append(Batch(part, targets[sl], targets[sl].numel(), tokens))
         return out
 
     def _forward_backward(self, batch: Batch) -> float:
@@ -325,6 +406,25 @@ class Engine:
             total += float(loss.detach())
         return total
 
+    def _forward_backward_retrying(self, batch: Batch, step: int) -> float:
+        """Forward and backward of one step; out of memory → smaller micro-batches, same step."""
+        from lmforge.train.batch_controller import is_out_of_memory
+
+        while True:
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            try:
+                local = self._forward_backward(batch)
+                if self.after_backward is not None:
+                    self.after_backward(step + 1, self.parts)
+                return local
+            except Exception as exc:
+                if self.controller is None or not is_out_of_memory(exc):
+                    raise
+                if self.ctx.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.controller.on_oom(peak_memory_bytes(self.ctx.device))
+
     def _grad_sync(self, module: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
         """Reduce gradients only on the last micro-batch of a step."""
         if hasattr(module, "no_sync"):  # DDP
@@ -340,11 +440,9 @@ class Engine:
         batch = self.task.batch(step, self.dp_rank, self.dims.dp)
         global_count = batch.count * self.dims.dp
         self._loss_norm = self.dims.dp / global_count
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        local = self._forward_backward(batch)
-        if self.after_backward is not None:
-            self.after_backward(step + 1, self.parts)
+        reset_peak_memory(self.ctx.device)
+        local = self._forward_backward_retrying(batch, step)
+        peak = peak_memory_bytes(self.ctx.device)
         self.precision.unscale(self.optimizers)
         params = [p for m in self.parts for p in m.parameters() if p.requires_grad]
         pp_group = self.mesh["pp"].get_group() if self.dims.pp > 1 else None
@@ -367,6 +465,9 @@ class Engine:
         self.tokens_seen += tokens
         self.train_seconds += seconds
         tps = tokens / max(seconds, 1e-9)
+        micro = self._micro_size_of(batch)
+        if self.controller is not None:
+            self.controller.after_step(peak, seconds, batch.tokens)
         comm = {}
         if self.comm is not None:
             from lmforge.parallel.comm_meter import step_fields
@@ -381,20 +482,20 @@ class Engine:
             "tokens": tokens,
             "tokens_per_second": tps,
             "mfu": self.flops_per_token * tps / (self.peak_flops * self.ctx.world_size),
-            "peak_memory_mb": peak_memory_mb(self.ctx.device),
+            "peak_memory_mb": peak / 2**20,
             "loss_scale": self.precision.scale_value(),
             "overflow": not stepped,
             "overflows": self.overflows,
-            "micro_batch_size": self._micro_size(batch),
+            "micro_batch_size": micro,
             "seconds": self.train_seconds,
             **comm,
         }
 
-    def _micro_size(self, batch: Batch) -> int:
+    def _micro_size_of(self, batch: Batch) -> int:
         rows = batch.targets.shape[0]
         if self.dims.pp > 1:
             return rows // self.cfg.parallel.microbatches
-        return min(self.cfg.train.micro_batch_size or rows, rows)
+        return self._micro_size(rows)
 
     def _global_loss(self, local: float) -> float:
         """The global batch's mean loss, the same number on every rank."""
@@ -421,6 +522,7 @@ class Engine:
             "overflows": self.overflows,
             "schedulers": [s.state_dict() for s in self.schedulers],
             "precision": self.precision.state_dict(),
+            "batch_controller": self.controller.state_dict() if self.controller else None,
             "layout": self.dims.describe(),
             "world_size": self.ctx.world_size,
         }
@@ -458,6 +560,14 @@ class Engine:
         for sched, sd in zip(self.schedulers, extra["schedulers"], strict=True):
             sched.load_state_dict(sd)
         self.precision.load_state_dict(extra["precision"])
+        saved = extra.get("batch_controller")
+        if self.controller is not None and saved:
+            same_share = (
+                saved["settings"]["per_rank_batch"] == self.controller.settings.per_rank_batch
+            )
+            if same_share:  # on another layout the per-rank batch differs: start afresh
+                self.controller.load_state_dict(saved)
+        self.pending_rows.clear()
         return self.step
 
     # -- metrics -----------------------------------------------------------------------------
@@ -495,8 +605,7 @@ class Engine:
         c.print(
             f"training {self.cfg.model.arch} {self.cfg.model.preset} "
             f"({self.dims.describe()}, {t.precision}, {self.ctx.device.type}) "
-            f"for {t.max_steps} steps"
-            + (f"; resumed at step {resumed}" if resumed else "")
+            f"for {t.max_steps} steps" + (f"; resumed at step {resumed}" if resumed else "")
         )
         log = self.metrics_path.open("a", encoding="utf-8") if self.ctx.is_main else None
         stopped_early = False
@@ -508,6 +617,9 @@ class Engine:
                 while self.step < t.max_steps:
                     row = self.train_step()
                     self._log(log, row)
+                    for decision in self.pending_rows:
+                        self._log(log, decision)
+                    self.pending_rows.clear()
                     progress.update(task, advance=1, loss=row["loss"])
                     if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
                         self._log(log, self.evaluate())

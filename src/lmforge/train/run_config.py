@@ -53,6 +53,9 @@ class DataSection(Section):
     seq_len: int = Field(128, ge=8, description="LM: packed window; encoder: truncation length.")
     vocab_size: int = Field(4000, ge=100, description="Tokenizer trained on the train split.")
     max_docs: int | None = Field(None, ge=10, description="Read at most this many rows.")
+    length_bucketing: bool = Field(
+        False, description="Classifier: put texts of similar length in the same global batch."
+    )
 
 
 class ParallelSection(Section):
@@ -76,12 +79,16 @@ class ParallelSection(Section):
 
 
 class DynamicBatchSection(Section):
+    """Run-time micro-batching: the global batch stays fixed, its split into micro-batches
+    (gradient accumulation) follows measured memory and throughput."""
+
     enabled: bool = Field(False, description="Change the micro-batch size at run time.")
     memory_cap_mb: float = Field(
         0.0, ge=0.0, description="Memory budget per rank; 0 = 90 % of the device (or RAM)."
     )
-    headroom: float = Field(0.2, gt=0.0, lt=1.0, description="Grow only below (1-headroom)·cap.")
-    patience: int = Field(3, ge=1, description="Steps with headroom before growing.")
+    headroom: float = Field(0.25, gt=0.0, lt=1.0, description="Grow only below (1-headroom)·cap.")
+    high_water: float = Field(0.9, gt=0.0, le=1.0, description="Shrink above high_water·cap.")
+    patience: int = Field(3, ge=1, description="Steps of evidence before growing or judging.")
 
 
 class TrainSection(Section):

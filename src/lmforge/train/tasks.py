@@ -45,6 +45,7 @@ from lmforge.train.run_config import TrainRunConfig
 from lmforge.workspace import atomic_write_json, read_json
 
 IGNORE_INDEX = -100
+BUCKET_WINDOW = 64  # global batches sorted together by length when data.length_bucketing
 
 
 @dataclass
@@ -186,10 +187,31 @@ class ClassifyTask(Task):
             int(mask.sum()),
         )
 
+    def step_indices(self, step: int) -> np.ndarray:
+        """The global batch of `step`; with length bucketing, texts of similar length.
+
+        Bucketing takes BUCKET_WINDOW steps' worth of the seeded stream, sorts it by length,
+        cuts it into global batches and shuffles their order: every example still comes once
+        per epoch, and a batch pads to a length close to its texts' own.
+        """
+        seqs, g, seed = (
+            self.arrays["train_ids"],
+            self.cfg.train.global_batch_size,
+            self.cfg.train.seed,
+        )
+        if not self.cfg.data.length_bucketing:
+            return global_indices(len(seqs), g, step, seed)
+        window, k = divmod(step, BUCKET_WINDOW)
+        block = global_indices(len(seqs), g * BUCKET_WINDOW, window, seed)
+        lengths = np.fromiter((len(seqs[i]) for i in block), dtype=np.int64, count=len(block))
+        batches = block[np.argsort(lengths, kind="stable")].reshape(BUCKET_WINDOW, g)
+        order = np.random.default_rng([seed, window, 1]).permutation(BUCKET_WINDOW)
+        return batches[order[k]]
+
     def batch(self, step: int, dp_rank: int, dp: int) -> Batch:
         seqs, labels = self.arrays["train_ids"], self.arrays["train_labels"]
         g = self.cfg.train.global_batch_size
-        idx = global_indices(len(seqs), g, step, self.cfg.train.seed)
+        idx = self.step_indices(step)
         width = max(len(seqs[i]) for i in idx)  # pad to the global batch: same under any split
         mine = idx[dp_slice(g, dp_rank, dp)]
         ids = [seqs[i] for i in mine]
