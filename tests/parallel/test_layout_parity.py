@@ -36,6 +36,19 @@ DECODER_LAYOUTS = {
     ),
 }
 
+# Activation checkpointing recomputes the same forward: losses must not move either.
+CHECKPOINTED_LAYOUTS = {
+    "fsdp2_full": (2, {"parallel.dp_shard": 2, "train.activation_checkpointing": "full"}),
+    "tp_sqrt": (
+        2,
+        {"parallel.tp": 2, "parallel.dp_shard": 1, "train.activation_checkpointing": "sqrt"},
+    ),
+    "pp_selective": (
+        2,
+        {"parallel.pp": 2, "parallel.dp_shard": 1, "train.activation_checkpointing": "selective"},
+    ),
+}
+
 ENCODER_LAYOUTS = {
     "ddp": (2, {"parallel.dp_replicate": 2, "parallel.dp_shard": 1}),
     "fsdp2": (2, {"parallel.dp_shard": 2}),
@@ -86,3 +99,21 @@ def test_single_process_run_learns(references):
     """The reference itself must train, or equal losses would prove nothing."""
     _, _, losses = references["decoder"]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("layout", list(CHECKPOINTED_LAYOUTS))
+def test_checkpointed_layout_matches_single_process(references, tmp_path, layout):
+    base, cache, single = references["decoder"]
+    world, changes = CHECKPOINTED_LAYOUTS[layout]
+    raw = with_layout(base, **changes)
+    seed_data(raw, cache, tmp_path)
+    _check(single, fit_ranks(raw, tmp_path, world, timeout=200))
+
+
+@pytest.mark.parametrize("policy", ["every_k", "sqrt"])
+def test_checkpointed_single_process_matches(references, tmp_path, policy):
+    base, cache, single = references["decoder"]
+    raw = with_layout(base, **{"train.activation_checkpointing": policy})
+    seed_data(raw, cache, tmp_path)
+    _check(single, fit_single(raw, tmp_path))

@@ -190,7 +190,9 @@ class CommMeter:
         if _ACTIVE:
             raise RuntimeError("another CommMeter is installed; uninstall it first")
         for name, (param, kind) in C10D_OPS.items():
-            original = getattr(c10d, name)
+            original = getattr(c10d, name, None)
+            if original is None:  # older torch (e.g. 2.11 has no all_gather_single)
+                continue
             wrapper = self._wrap_c10d(name, original, param, kind)
             # the same object in both namespaces: torch compares these functions by identity
             self._replace(c10d, name, wrapper)

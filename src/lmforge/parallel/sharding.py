@@ -52,10 +52,17 @@ def apply_fsdp(
     mp = MixedPrecisionPolicy(
         param_dtype=None if precision == "fp32" else dtype, reduce_dtype=torch.float32
     )
+    from lmforge.train.activation_checkpoint import unwrap_block
+
     layers = model_layers(model)
     for key in layers:
+        # Shard the block itself, not its checkpoint wrapper: a sqrt-segment pass-through
+        # would otherwise gather its weights a second time.
         fully_shard(
-            layers[key], mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward
+            unwrap_block(layers[key]),
+            mesh=dp_mesh,
+            mp_policy=mp,
+            reshard_after_forward=reshard_after_forward,
         )
     # The root's parameters are used last in forward and first in backward: keeping them
     # gathered after forward saves one all-gather per step.
@@ -77,10 +84,20 @@ def parallelize_part(
     device: torch.device,
     sequence_parallel: bool = True,
     reshard_after_forward: bool = True,
+    activation_checkpointing: str = "none",
+    ac_every_k: int = 2,
 ) -> nn.Module:
-    """Shard one model part in place; returns the module to call (a DDP wrapper for ddp)."""
+    """Shard one model part in place; returns the module to call (a DDP wrapper for ddp).
+
+    Order: tensor parallel (its plan names the blocks' own submodules, which a checkpoint
+    wrapper would hide), then activation checkpointing, then data parallel.
+    """
     if dims.tp > 1:
         apply_tensor_parallel(model, mesh["tp"], sequence_parallel)
+    if activation_checkpointing != "none":
+        from lmforge.train.activation_checkpoint import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model, activation_checkpointing, ac_every_k)
     mode = dims.data_parallel_mode
     if mode == "fsdp":
         apply_fsdp(model, mesh["dp_shard"], precision, reshard_after_forward)

@@ -1,8 +1,8 @@
 """The distributed training engine: one loop for every layout, precision and schedule.
 
 Per rank, in order: prepare data (rank 0) → build the full model with the run's seed (the
-same weights everywhere) → activation checkpointing → cut into pipeline stages (pp > 1) →
-tensor parallel → data parallel (DDP or FSDP2) → AdamW per model part → resume from the
+same weights everywhere) → cut into pipeline stages (pp > 1) → tensor parallel →
+activation checkpointing → data parallel (DDP or FSDP2) → AdamW per model part → resume from the
 newest checkpoint of the same run → steps → final checkpoint → export (rank 0).
 
 A step takes global batch `step` (see `tasks.py`); its loss is the sum over the whole
@@ -214,10 +214,6 @@ class Engine:
         full = self.task.build_model()
         self.model_config = full.config
         self.flops_per_token = flops_per_token(full, cfg.data.seq_len)
-        if t.activation_checkpointing != "none":
-            from lmforge.train.activation_checkpoint import apply_activation_checkpointing
-
-            apply_activation_checkpointing(full, t.activation_checkpointing, t.ac_every_k)
         full.to(ctx.device)
         self.dp_rank = self.dp_mesh.get_local_rank() if self.dp_mesh is not None else 0
         self.tp_rank = self._coord("tp")
@@ -239,6 +235,8 @@ class Engine:
                 ctx.device,
                 p.sequence_parallel,
                 p.fsdp_reshard_after_forward,
+                t.activation_checkpointing,
+                t.ac_every_k,
             )
             self.parts.append(part)
             self.callables.append(wrapped)

@@ -249,7 +249,7 @@ class ClassifyTask(Task):
 # -- preparation (rank 0 writes RUN/data once; every rank reads it) ---------------------------
 
 
-def _load_texts(cfg: TrainRunConfig) -> tuple[LabelledTexts, LabelledTexts]:
+def load_texts(cfg: TrainRunConfig) -> tuple[LabelledTexts, LabelledTexts]:
     d = cfg.data
     if d.source == "demo":
         data = demo_reviews(d.docs, cfg.train.seed)
@@ -294,7 +294,7 @@ def prepare_data(cfg: TrainRunConfig, data_dir: Path) -> None:
     if marker.is_file() and read_json(marker).get("fingerprint") == fp:
         return
     data_dir.mkdir(parents=True, exist_ok=True)
-    train, held = _load_texts(cfg)
+    train, held = load_texts(cfg)
     if cfg.model.init_from:
         from lmforge.models.hf_bert import load_hf_tokenizer
 
