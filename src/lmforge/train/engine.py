@@ -192,6 +192,7 @@ class Engine:
         self.tokens_seen = 0
         self.train_seconds = 0.0
         self.step = 0
+        self.tensorboard: Any = None
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -606,6 +607,7 @@ class Engine:
             f"for {t.max_steps} steps" + (f"; resumed at step {resumed}" if resumed else "")
         )
         log = self.metrics_path.open("a", encoding="utf-8") if self.ctx.is_main else None
+        self.tensorboard = self._open_tensorboard()
         stopped_early = False
         try:
             with TerminationFlag() as term, self._progress() as progress:
@@ -635,6 +637,8 @@ class Engine:
         finally:
             if log is not None:
                 log.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             if self.comm is not None:
                 self.comm.uninstall()
         return {"steps": self.step, "stopped_early": stopped_early}
@@ -671,6 +675,23 @@ class Engine:
         if log is not None:
             log.write(json.dumps(row) + "\n")
             log.flush()
+            if self.tensorboard is not None:
+                kind, step = row.get("kind"), row.get("step", 0)
+                for key, value in row.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self.tensorboard.add_scalar(f"{kind}/{key}", value, step)
+
+    def _open_tensorboard(self) -> Any:
+        if not (self.cfg.train.tensorboard and self.ctx.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                "train.tensorboard: true needs the tensorboard package; "
+                "`pip install tensorboard` or set it to false"
+            ) from None
+        return SummaryWriter(str(self.out / "tensorboard"))
 
     def _progress(self) -> Any:
         from rich.progress import (
