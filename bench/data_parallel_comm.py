@@ -99,10 +99,11 @@ def _rank(rank: int, world: int, port: int, raw: dict, out: str, threads: int, w
         ctx = RankContext(rank, world, rank, torch.device("cpu"), world > 1)
         engine = Engine(cfg, out, ctx, Console(quiet=True))
         engine.setup()
-        meter = CommMeter().install()
-        module = engine.callables[0]
-        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
-            meter.attach_ddp(module)  # before the first backward
+        # The engine meters every distributed run itself; take its meter over so the per-op
+        # breakdown is read here (the engine's rows then carry no comm fields).
+        meter, engine.comm = engine.comm, None
+        if meter is None:
+            meter = CommMeter().install()
         model = engine.parts[0]
         total = sum(p.numel() for p in model.parameters())  # DTensor numel is the global one
         blocks = sum(p.numel() for p in model_layers(model).parameters())
