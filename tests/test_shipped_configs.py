@@ -5,6 +5,8 @@ import yaml
 
 from lmforge.config import load_config
 from lmforge.presets import DEMO, DEMO_QUICK
+from lmforge.train.launch import check_layout
+from lmforge.train.run_config import is_run_config, load_run_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -15,6 +17,10 @@ def test_there_are_shipped_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
+    if is_run_config(path):  # a training-run config for `lmforge train --nproc N`
+        cfg = load_run_config(path)
+        assert check_layout(cfg, 1).world_size == 1
+        return
     cfg = load_config(path)
     assert Path(cfg.workdir).is_absolute()
 

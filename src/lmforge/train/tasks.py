@@ -278,6 +278,7 @@ def resolve_pretrained(value: str) -> Path:
 
 def data_fingerprint(cfg: TrainRunConfig) -> str:
     parts = cfg.data.model_dump(mode="json") | {"arch": cfg.model.arch, "init": cfg.model.init_from}
+    parts.pop("length_bucketing")  # decides batch order, not the prepared arrays
     for key in ("source", "eval_source"):
         path = Path(str(parts.get(key) or ""))
         if path.is_file():
