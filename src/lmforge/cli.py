@@ -259,6 +259,12 @@ def _train_run(config: Path, sets: list[str], out: Path | None, nproc: int, rest
     check_layout(cfg, nproc)
     out = (out or Path("runs") / config.stem).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if nproc > 1:
+        # Tokenize here, once: a data mistake is then one line, not a failed rank under
+        # torchrun, and the ranks find the prepared arrays up to date.
+        from lmforge.train.tasks import prepare_data
+
+        prepare_data(cfg, out / "data")
     code = launch(config.resolve(), out, nproc, sets, restarts)
     if code:
         raise typer.Exit(code)

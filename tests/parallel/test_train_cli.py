@@ -151,6 +151,7 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_finishes(tmp_path):
         (["parallel.dp_shard=2", "train.global_batch_size=9"], "not divisible by dp=2"),
         (["parallel.pp_schedule=zigzag"], "parallel.pp_schedule"),
         (["train.precision=fp8"], "train.precision"),
+        (["data.source=/nonexistent/reviews.csv"], "training data file not found"),
     ],
 )
 def test_layout_mistakes_are_one_line_errors(tmp_path, sets, message):

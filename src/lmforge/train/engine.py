@@ -46,7 +46,7 @@ from lmforge.train.precision import Precision
 from lmforge.train.run_config import TrainRunConfig
 from lmforge.train.schedule import build_scheduler
 from lmforge.train.tasks import Batch, Task, load_task, prepare_data
-from lmforge.train.trainer import build_param_groups
+from lmforge.train.trainer import build_param_groups, cpu_has_bf16
 
 AfterBackward = Callable[[int, list[nn.Module]], None]
 
@@ -282,6 +282,11 @@ class Engine:
         # same replicated activations).
         torch.manual_seed(t.seed + 1 + self.dp_rank * 1009 + self.pp_rank * 7919)
         self.peak_flops = peak_flops(ctx.device, t.precision)
+        if t.precision != "fp32" and ctx.device.type == "cpu" and not cpu_has_bf16():
+            self.console.print(
+                f"[yellow]train.precision {t.precision} on a CPU without AVX512-BF16/AMX is "
+                "emulated and runs about 10x slower than fp32; set train.precision: fp32"
+            )
 
     def _check_batch_shape(self) -> None:
         g, dims, p, t = (
