@@ -97,3 +97,41 @@ def test_serve_rejects_a_bad_port_in_one_line(tmp_path, tiny_registry, capsys):
     assert main(["serve", "--registry", str(tiny_registry), "--port", "70000"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--port" in err and len(err.splitlines()) == 1
+
+
+def test_registry_register_rollback_and_history(tmp_path, capsys):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "config.json").write_text("{}")
+    reg = str(tmp_path / "reg")
+    assert (
+        main(
+            [
+                "registry",
+                "register",
+                str(folder),
+                "--name",
+                "clf",
+                "--alias",
+                "production",
+                "--registry",
+                reg,
+            ]
+        )
+        == 0
+    )
+    (folder / "model.safetensors").write_bytes(b"weights-2")
+    assert main(["registry", "register", str(folder), "--name", "clf", "--registry", reg]) == 0
+    assert main(["registry", "promote", "clf", "2", "--registry", reg]) == 0
+    assert main(["registry", "rollback", "clf", "--registry", reg]) == 0
+    assert "production v2 -> v1" in capsys.readouterr().out
+    assert main(["registry", "history", "clf", "--registry", reg]) == 0
+    out = capsys.readouterr().out
+    assert out.count("production") == 3
+    assert main(["registry", "rollback", "clf", "--alias", "canary", "--registry", reg]) == 2
+    assert "no alias 'canary'" in capsys.readouterr().err
+    assert (
+        main(["registry", "register", str(tmp_path / "absent"), "--name", "x", "--registry", reg])
+        == 2
+    )

@@ -44,3 +44,57 @@ def test_missing_registry_and_alias_are_clear_errors(tmp_path):
         reg.resolve("clf")
     with pytest.raises(RegistryError, match="no version 7"):
         reg.get("clf", 7)
+
+
+def _two_versions(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.register("clf", model_folder(tmp_path, "a"), alias="production")
+    reg.register("clf", model_folder(tmp_path, "b", b"other"))
+    return reg
+
+
+def test_rollback_undoes_the_latest_promotion_and_is_recorded(tmp_path):
+    reg = _two_versions(tmp_path)
+    reg.set_alias("clf", "production", 2)
+    assert reg.rollback("clf") == (2, 1)
+    assert reg.resolve("clf").version == 1
+    moves = [(c.old_version, c.new_version) for c in reg.history("clf", "production")]
+    assert moves == [(None, 1), (1, 2), (2, 1)]
+    assert reg.rollback("clf") == (1, 2)  # a second rollback undoes the first
+    assert reg.resolve("clf").version == 2
+
+
+def test_rollback_without_an_earlier_version_is_a_clear_error(tmp_path):
+    reg = _two_versions(tmp_path)
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        reg.rollback("clf")
+    with pytest.raises(RegistryError, match="no alias 'canary'"):
+        reg.rollback("clf", "canary")
+    assert reg.resolve("clf").version == 1
+
+
+def test_readers_always_resolve_a_version_while_the_alias_moves(tmp_path):
+    import threading
+
+    reg = _two_versions(tmp_path)
+    seen, errors, stop = set(), [], threading.Event()
+
+    def reader() -> None:
+        other = ModelRegistry(tmp_path / "reg", create=False)
+        while not stop.is_set():
+            try:
+                seen.add(other.resolve("clf").version)
+            except Exception as exc:  # any failed lookup is a dropped request
+                errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(20):
+            reg.set_alias("clf", "production", 2)
+            reg.rollback("clf")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert errors == []
+    assert seen <= {1, 2} and 1 in seen

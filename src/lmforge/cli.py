@@ -412,6 +412,67 @@ def registry_promote(
     console.print(f"{name}: {alias} -> v{version}")
 
 
+@registry_app.command("rollback")
+def registry_rollback(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Option(help="Alias to move back.")] = "production",
+    registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")] = Path(
+        "runs/demo/registry"
+    ),
+) -> None:
+    """Point an alias back at the version it had before its latest change."""
+    from lmforge.registry import ModelRegistry
+
+    reg = ModelRegistry(registry, create=False)
+    old, new = reg.rollback(name, alias)
+    console.print(f"{name}: {alias} v{old} -> v{new}")
+
+
+@registry_app.command("history")
+def registry_history(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str | None, typer.Option(help="Only this alias.")] = None,
+    registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")] = Path(
+        "runs/demo/registry"
+    ),
+) -> None:
+    """Every alias change of a model, oldest first."""
+    import datetime as dt
+
+    from rich.table import Table
+
+    from lmforge.registry import ModelRegistry
+
+    reg = ModelRegistry(registry, create=False)
+    table = Table("when (UTC)", "alias", "from", "to")
+    for c in reg.history(name, alias):
+        when = dt.datetime.fromtimestamp(c.changed_at, dt.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+        before = "-" if c.old_version is None else f"v{c.old_version}"
+        table.add_row(when, c.alias, before, f"v{c.new_version}")
+    console.print(table)
+
+
+@registry_app.command("register")
+def registry_register(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder (safetensors + JSON).")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
+    alias: Annotated[str | None, typer.Option(help="Also point this alias at it.")] = None,
+    registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")] = Path(
+        "runs/demo/registry"
+    ),
+) -> None:
+    """Copy a model folder into the registry as the next version of NAME."""
+    from lmforge.registry import ModelRegistry, RegistryError
+
+    if not model_dir.is_dir():
+        raise RegistryError(f"model folder not found: {model_dir}")
+    version = ModelRegistry(registry).register(name, model_dir, alias=alias)
+    shown = f" ({alias})" if alias else ""
+    console.print(f"{name}: registered v{version.version}{shown}, hash {version.content_hash[:12]}")
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

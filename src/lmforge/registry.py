@@ -53,6 +53,15 @@ class RegistryError(LmforgeError):
 
 
 @dataclass(frozen=True)
+class AliasChange:
+    name: str
+    alias: str
+    old_version: int | None  # None: the alias did not exist before
+    new_version: int
+    changed_at: float
+
+
+@dataclass(frozen=True)
 class ModelVersion:
     name: str
     version: int
@@ -148,6 +157,50 @@ class ModelRegistry:
                 "INSERT INTO alias_history VALUES (?, ?, ?, ?, ?)",
                 (name, alias, old[0] if old else None, version, time.time()),
             )
+
+    def history(self, name: str, alias: str | None = None) -> list[AliasChange]:
+        """Every alias change of `name` (optionally one alias), oldest first."""
+        query = "SELECT name, alias, old_version, new_version, changed_at FROM alias_history"
+        query += " WHERE name = ?" + (" AND alias = ?" if alias else "")
+        args: tuple[Any, ...] = (name, alias) if alias else (name,)
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY rowid", args).fetchall()
+        return [AliasChange(n, a, o, int(v), float(t)) for n, a, o, v, t in rows]
+
+    def rollback(self, name: str, alias: str = "production") -> tuple[int, int]:
+        """Undo the alias's latest change: point it back where it pointed before.
+
+        One transaction, so a server resolving the alias sees the old version or the new
+        one, never neither. Returns (from_version, to_version). Rolling back twice undoes
+        the rollback (the history records every move).
+        """
+        with self._connect() as conn:
+            current = conn.execute(
+                "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
+            ).fetchone()
+            if current is None:
+                raise RegistryError(f"model {name!r} has no alias {alias!r} to roll back")
+            last = conn.execute(
+                "SELECT old_version FROM alias_history WHERE name = ? AND alias = ? "
+                "ORDER BY rowid DESC LIMIT 1",
+                (name, alias),
+            ).fetchone()
+            previous = last[0] if last else None
+            if previous is None:
+                raise RegistryError(
+                    f"{name!r} {alias} has pointed at v{current[0]} only; there is nothing to "
+                    f"roll back to (promote another version: lmforge registry promote {name} "
+                    f"VERSION --alias {alias})"
+                )
+            conn.execute(
+                "UPDATE aliases SET version = ? WHERE name = ? AND alias = ?",
+                (previous, name, alias),
+            )
+            conn.execute(
+                "INSERT INTO alias_history VALUES (?, ?, ?, ?, ?)",
+                (name, alias, current[0], previous, time.time()),
+            )
+        return int(current[0]), int(previous)
 
     def update_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> None:
         current = self.get(name, version).metrics
