@@ -43,10 +43,10 @@ from lmforge.parallel.pipeline import (
 )
 from lmforge.parallel.sharding import parallelize_part, uses_fsdp
 from lmforge.train.precision import Precision
-from lmforge.train.run_config import TrainRunConfig
+from lmforge.train.run_config import TrainRunConfig, check_batch_shape
 from lmforge.train.schedule import build_scheduler
 from lmforge.train.tasks import Batch, Task, load_task, prepare_data
-from lmforge.train.trainer import build_param_groups, cpu_has_bf16
+from lmforge.train.trainer import build_param_groups, cpu_has_bf16, loss_progress, read_metrics
 
 AfterBackward = Callable[[int, list[nn.Module]], None]
 
@@ -200,7 +200,7 @@ class Engine:
         cfg, ctx = self.cfg, self.ctx
         p, t = cfg.parallel, cfg.train
         self.dims = ParallelDims.resolve(ctx.world_size, p.dp_replicate, p.dp_shard, p.tp, p.pp)
-        self._check_batch_shape()
+        check_batch_shape(cfg, self.dims)
         if t.threads:
             torch.set_num_threads(t.threads)
         self.mesh, self.dp_mesh = (
@@ -286,32 +286,6 @@ class Engine:
             self.console.print(
                 f"[yellow]train.precision {t.precision} on a CPU without AVX512-BF16/AMX is "
                 "emulated and runs about 10x slower than fp32; set train.precision: fp32"
-            )
-
-    def _check_batch_shape(self) -> None:
-        g, dims, p, t = (
-            self.cfg.train.global_batch_size,
-            self.dims,
-            self.cfg.parallel,
-            self.cfg.train,
-        )
-        per_dp = dims.dp * (p.microbatches if dims.pp > 1 else 1)
-        if g % per_dp:
-            what = f"dp={dims.dp}" + (f" x microbatches={p.microbatches}" if dims.pp > 1 else "")
-            raise ConfigError(
-                f"train.global_batch_size={g} is not divisible by {what} = {per_dp}; each "
-                "data-parallel rank (and micro-batch) must take an equal share"
-            )
-        if t.dynamic_batch.enabled and dims.pp > 1:
-            raise ConfigError(
-                "train.dynamic_batch applies to layouts without pipeline stages; with "
-                "parallel.pp > 1 set parallel.microbatches instead"
-            )
-        local = g // dims.dp
-        if t.micro_batch_size and (dims.pp > 1 or local % t.micro_batch_size):
-            raise ConfigError(
-                f"train.micro_batch_size={t.micro_batch_size} must divide the per-rank batch "
-                f"{local} (global {g} / dp {dims.dp}); with pp > 1 use parallel.microbatches"
             )
 
     def _build_controller(self) -> Any:
@@ -582,13 +556,7 @@ class Engine:
 
     def _load_rows(self, upto: int) -> None:
         """Keep rows up to the resumed step; a crash may have logged steps past it."""
-        rows = []
-        if self.metrics_path.exists():
-            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    row = json.loads(line)
-                    if row.get("step", 0) <= upto:
-                        rows.append(row)
+        rows = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= upto]
         self.rows = rows
         if self.ctx.is_main:
             from lmforge.workspace import atomic_write_text
@@ -699,23 +667,7 @@ class Engine:
         return SummaryWriter(str(self.out / "tensorboard"))
 
     def _progress(self) -> Any:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=not self.console.is_terminal,
-        )
+        return loss_progress(self.console)
 
     def losses(self) -> list[float]:
         return [r["loss"] for r in self.rows if r.get("kind") == "train"]

@@ -19,20 +19,13 @@ import torch
 
 from lmforge.errors import ConfigError
 from lmforge.parallel.dims import ParallelDims
-from lmforge.train.run_config import TrainRunConfig
+from lmforge.train.run_config import TrainRunConfig, check_batch_shape
 
 
 def check_layout(cfg: TrainRunConfig, nproc: int) -> ParallelDims:
     p = cfg.parallel
     dims = ParallelDims.resolve(nproc, p.dp_replicate, p.dp_shard, p.tp, p.pp)
-    g = cfg.train.global_batch_size
-    per = dims.dp * (p.microbatches if dims.pp > 1 else 1)
-    if g % per:
-        raise ConfigError(
-            f"train.global_batch_size={g} is not divisible by dp={dims.dp}"
-            + (f" x microbatches={p.microbatches}" if dims.pp > 1 else "")
-            + f" = {per}; pick a global batch that is a multiple of it"
-        )
+    check_batch_shape(cfg, dims)
     if torch.cuda.is_available() and nproc > torch.cuda.device_count():
         raise ConfigError(
             f"--nproc {nproc} but only {torch.cuda.device_count()} GPUs are visible; use at "

@@ -172,3 +172,30 @@ def _anchored(value: str, root: Path) -> str:
         return value
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (root / p).resolve())
+
+
+def check_batch_shape(cfg: TrainRunConfig, dims: Any) -> None:
+    """The global batch must split evenly over data-parallel ranks (and micro-batches).
+
+    `dims` is the run's `ParallelDims`. Checked by the launcher before any rank starts and
+    by every rank, so `python -m lmforge.train` under plain torchrun gets the same message.
+    """
+    g, p, t = cfg.train.global_batch_size, cfg.parallel, cfg.train
+    per_dp = dims.dp * (p.microbatches if dims.pp > 1 else 1)
+    if g % per_dp:
+        what = f"dp={dims.dp}" + (f" x microbatches={p.microbatches}" if dims.pp > 1 else "")
+        raise ConfigError(
+            f"train.global_batch_size={g} is not divisible by {what} = {per_dp}; each "
+            "data-parallel rank (and micro-batch) must take an equal share"
+        )
+    if t.dynamic_batch.enabled and dims.pp > 1:
+        raise ConfigError(
+            "train.dynamic_batch applies to layouts without pipeline stages; with "
+            "parallel.pp > 1 set parallel.microbatches instead"
+        )
+    local = g // dims.dp
+    if t.micro_batch_size and (dims.pp > 1 or local % t.micro_batch_size):
+        raise ConfigError(
+            f"train.micro_batch_size={t.micro_batch_size} must divide the per-rank batch "
+            f"{local} (global {g} / dp {dims.dp}); with pp > 1 use parallel.microbatches"
+        )

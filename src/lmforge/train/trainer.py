@@ -137,6 +137,30 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a line cut short by a crash is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
+
+
+def loss_progress(console: Console) -> Progress:
+    """The training progress bar: steps done, the latest loss, time left."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=not console.is_terminal,  # no stale bar lines in captured logs
+    )
+
+
 class Trainer:
     """Trains `model` for `settings.max_steps`, resuming from `out_dir/checkpoints` when the
     newest checkpoint carries the same `run_meta` (otherwise those checkpoints are cleared)."""
@@ -209,13 +233,7 @@ class Trainer:
         return resumed_from
 
     def _read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        rows = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):  # a line cut by a crash
-                rows.append(json.loads(line))
-        return rows
+        return read_metrics(self.metrics_path)
 
     # -- loop --------------------------------------------------------------------------------
 
@@ -342,15 +360,7 @@ class Trainer:
         )
 
     def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=not self.console.is_terminal,  # no stale bar lines in captured logs
-        )
+        return loss_progress(self.console)
 
     def _result(self, resumed_from: int | None) -> TrainResult:
         losses = [r["loss"] for r in self.rows if r.get("kind") == "train"]
