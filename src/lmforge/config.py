@@ -278,18 +278,102 @@ class CompressConfig(Section):
     threads: int = Field(
         1, ge=1, description="torch CPU threads while timing, fixed so before/after compare."
     )
+    onnx: bool = Field(
+        False,
+        description="Also export ONNX (fp32 and int8) variants, measured and registered.",
+    )
+
+
+class BatchingConfig(Section):
+    """Dynamic batching of one served model version."""
+
+    max_batch_size: int = Field(32, ge=1, description="Most texts merged into one model call.")
+    max_queue_delay_ms: float = Field(
+        2.0,
+        ge=0.0,
+        description="How long the first queued request waits for others to fill a batch.",
+    )
+    max_queue_texts: int = Field(
+        512, ge=1, description="Texts waiting per model version; beyond it requests get 429."
+    )
+    timeout_ms: float = Field(
+        5000.0,
+        gt=0.0,
+        description="Per-request deadline (504 after it); a client's X-Timeout-Ms may lower it.",
+    )
+    overload_status: Literal[429, 503] = Field(
+        429, description="Status for a full queue (both carry Retry-After)."
+    )
+
+
+class BackendConfig(Section):
+    kind: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto: ONNX Runtime for a folder holding model.onnx, else PyTorch."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="Intra-op threads per worker; default: cores // workers."
+    )
+
+
+class CacheConfig(Section):
+    kind: Literal["none", "lru", "redis"] = "lru"
+    max_entries: int = Field(10_000, ge=1, description="LRU capacity (predictions).")
+    ttl_s: float = Field(300.0, gt=0.0, description="Seconds a cached prediction lives.")
+    redis_url: str | None = Field(None, description="redis://host:port/db for kind: redis.")
+
+
+class ShadowConfig(Section):
+    queue_size: int = Field(
+        256, ge=1, description="Requests waiting for the shadow model; more are dropped."
+    )
+    sample: float = Field(1.0, ge=0.0, le=1.0, description="Share of requests mirrored.")
+
+
+class TracingConfig(Section):
+    enabled: bool = True
+    sample_ratio: float = Field(0.01, ge=0.0, le=1.0, description="Share of requests traced.")
+    exporter: Literal["none", "console", "otlp", "memory"] = Field(
+        "none", description="Where spans go; otlp needs opentelemetry-exporter-otlp."
+    )
+    otlp_endpoint: str | None = None
+
+
+class AlertsConfig(Section):
+    enabled: bool = True
+    window_s: float = Field(5.0, gt=0.0, description="Seconds per point of the series.")
+    z_threshold: float = Field(4.0, gt=0.0, description="Robust z-score that raises an alert.")
+    ewma_alpha: float = Field(0.3, gt=0.0, le=1.0)
+    min_points: int = Field(12, ge=3, description="Points of history before alerts can fire.")
+    webhook_url: str | None = Field(None, description="POSTed a JSON alert, if set.")
+
+
+class AuthConfig(Section):
+    require_for_predict: bool = Field(
+        False, description="Predict needs an API key too (admin endpoints always do)."
+    )
+    default_rate: float = Field(50.0, gt=0.0, description="Requests/s per key unless set.")
+    default_burst: int = Field(100, ge=1)
 
 
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    model: str | None = Field(None, description="Model name to serve; default: the only one.")
+    model: str | None = Field(None, description="Default model name; default: the only one.")
     max_texts: int = Field(64, ge=1, description="Most texts in one request.")
     max_chars: int = Field(4000, ge=1, description="Longest accepted text, in characters.")
     max_body_bytes: int = Field(1_000_000, ge=1024)
-    max_batch_texts: int = Field(
-        64, ge=1, description="Most texts merged from queued requests into one model call."
+    workers: int = Field(1, ge=1, description="Worker processes under the supervisor.")
+    refresh_s: float = Field(
+        0.2, gt=0.0, description="How often each worker re-reads aliases and routing."
     )
+    cors_origins: list[str] = Field(default_factory=list, description="Empty: CORS off.")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
 
 class BenchConfig(Section):

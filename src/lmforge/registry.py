@@ -2,7 +2,7 @@
 
 Metadata lives in SQLite (stdlib, one file, safe for several readers); artifacts are copied
 into `ROOT/artifacts/NAME/VERSION/` with their content hashes recorded. Only safetensors,
-JSON and tokenizer files are accepted: nothing that needs pickle to load.
+ONNX, JSON and tokenizer files are accepted: nothing that needs pickle to load.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from lmforge.errors import LmforgeError
 from lmforge.workspace import hash_file
 
-ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt"}
+ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".onnx"}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
     name TEXT NOT NULL,

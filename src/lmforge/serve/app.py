@@ -81,7 +81,7 @@ def create_app(registry_dir: Path, cfg: ServeConfig, preload: bool = True) -> Fa
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         predictor = BatchingPredictor(
-            _predict_fn(state), cfg.max_batch_texts, on_batch=metrics.batch_texts.observe
+            _predict_fn(state), cfg.batching.max_batch_size, on_batch=metrics.batch_texts.observe
         )
         await predictor.start()
         state.predictor = predictor
