@@ -98,3 +98,37 @@ def test_readers_always_resolve_a_version_while_the_alias_moves(tmp_path):
         thread.join(10)
     assert errors == []
     assert seen <= {1, 2} and 1 in seen
+
+
+def test_snapshot_token_changes_with_aliases_and_routing(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.register("clf", model_folder(tmp_path, "a"), alias="production")
+    reg.register("clf", model_folder(tmp_path, "b", b"other"))
+    first = reg.snapshot()
+    assert first.aliases == {"clf": {"production": 1}} and first.routing == {}
+    assert reg.snapshot().token == first.token  # nothing changed, nothing to reload
+
+    reg.set_alias("clf", "canary", 2)
+    second = reg.snapshot()
+    assert second.aliases["clf"] == {"production": 1, "canary": 2}
+    assert second.token != first.token
+
+    reg.set_routing("clf", {"canary_weight": 0.25})
+    third = reg.snapshot()
+    assert third.routing == {"clf": {"canary_weight": 0.25}}
+    assert reg.routing("clf") == {"canary_weight": 0.25}
+    assert third.token != second.token
+
+    assert reg.remove_alias("clf", "canary") == 2
+    assert reg.snapshot().aliases["clf"] == {"production": 1}
+    assert reg.snapshot().token != third.token
+
+
+def test_routing_and_alias_removal_errors_name_the_model(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.register("clf", model_folder(tmp_path, "a"), alias="production")
+    with pytest.raises(RegistryError, match=r"no model 'other'.*clf"):
+        reg.set_routing("other", {})
+    with pytest.raises(RegistryError, match="no alias 'shadow'"):
+        reg.remove_alias("clf", "shadow")
+    assert reg.routing("clf") == {}

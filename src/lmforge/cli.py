@@ -17,6 +17,7 @@ from rich.console import Console
 from lmforge.config import RunConfig, config_schema, dump_config, load_config
 from lmforge.errors import ConfigError, InputDataError, LmforgeError, StageError
 from lmforge.pipeline import STAGE_NAMES, run_pipeline, run_stage, stage_spec
+from lmforge.serve.keys_cli import keys_app
 
 try:  # typer >= 0.20 vendors click; older releases use the click package
     from typer._click import exceptions as click_exc
@@ -38,10 +39,14 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="The data stage: read, clean, dedup, mask PII.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
-registry_app = typer.Typer(help="Inspect the model registry.", no_args_is_help=True)
+registry_app = typer.Typer(
+    help="The model registry: versions, aliases, rollback, traffic policy, shadow report.",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(registry_app, name="registry")
+app.add_typer(keys_app, name="keys")
 
 ConfigArg = Annotated[
     Path | None, typer.Argument(help="Run config (YAML). Default: built-in defaults.")
@@ -284,25 +289,63 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (default: the only one).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Default model for /v1/predict (default: the only one).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes behind a retrying front, restarted if they die."),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="local (uvicorn processes) or ray (Ray Serve replicas).")
+    ] = "local",
+    json_logs: Annotated[
+        bool, typer.Option("--json-logs", help="Log one JSON object per line.")
+    ] = False,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Run config; `serve` section used.")
     ] = None,
     sets: SetOpt = None,
 ) -> None:
-    """Serve the registry's production model over HTTP (POST /v1/predict)."""
-    from lmforge.serve.server import run_server
-
+    """Serve the registry's models over HTTP (POST /v1/predict, /v1/models/NAME/predict)."""
     cfg = load_config(config, list(sets or []))
     # Typed options are set after loading, not through YAML: `--model 2024` stays a string.
     try:
-        for key, value in (("host", host), ("port", port), ("model", model)):
+        for key, value in (("host", host), ("port", port), ("model", model), ("workers", workers)):
             if value is not None:
                 setattr(cfg.serve, key, value)
     except ValidationError as exc:
         raise ConfigError(f"--{exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
-    registry_dir = registry if registry is not None else Path(cfg.workdir) / "registry"
-    run_server(Path(registry_dir), cfg.serve, console=console)
+    registry_dir = Path(registry if registry is not None else Path(cfg.workdir) / "registry")
+    if backend == "ray":
+        from lmforge.serve.ray_serve import run_ray_serve
+
+        run_ray_serve(registry_dir, cfg.serve, console=console)
+    elif backend != "local":
+        raise ConfigError(f"--backend {backend!r}: use local or ray")
+    elif cfg.serve.workers > 1:
+        from lmforge.serve.supervisor import run_supervised
+
+        run_supervised(registry_dir, cfg.serve, console=console)
+    else:
+        from lmforge.serve.server import run_server
+
+        run_server(registry_dir, cfg.serve, console=console, json_logs=json_logs)
+
+
+@app.command()
+def gateway(
+    upstream: Annotated[
+        list[str], typer.Option("--upstream", "-u", help="Base URL of a server (repeatable).")
+    ],
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1_000_000,
+) -> None:
+    """A retrying front for several servers (e.g. one per zone): failover without errors."""
+    from lmforge.serve.gateway import run_gateway
+
+    run_gateway(list(upstream), host, port, max_body_bytes, console=console)
 
 
 @app.command()
@@ -471,6 +514,90 @@ def registry_register(
     version = ModelRegistry(registry).register(name, model_dir, alias=alias)
     shown = f" ({alias})" if alias else ""
     console.print(f"{name}: registered v{version.version}{shown}, hash {version.content_hash[:12]}")
+
+
+@registry_app.command("route")
+def registry_route(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    canary: Annotated[
+        float | None, typer.Option(help="Share of traffic for the canary alias, 0..1.")
+    ] = None,
+    ab: Annotated[
+        list[str] | None,
+        typer.Option(help="A/B arm ALIAS=WEIGHT (repeat for each arm; sticky per user key)."),
+    ] = None,
+    shadow: Annotated[
+        bool | None, typer.Option("--shadow/--no-shadow", help="Mirror to the shadow alias.")
+    ] = None,
+    clear: Annotated[
+        bool, typer.Option(help="Back to the default: all traffic to production.")
+    ] = False,
+    registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")] = Path(
+        "runs/demo/registry"
+    ),
+) -> None:
+    """Show or change a model's traffic policy (canary weight, A/B split, shadow)."""
+    from lmforge.registry import ModelRegistry
+    from lmforge.serve.routing import check_policy_aliases, parse_policy
+
+    reg = ModelRegistry(registry, create=False)
+    policy = {} if clear else dict(reg.routing(name))
+    if canary is not None:
+        policy["canary_weight"] = canary
+    if ab:
+        policy["ab"] = _parse_arms(ab)
+    if shadow is not None:
+        policy["shadow"] = shadow
+    parsed = parse_policy(policy)
+    if clear or canary is not None or ab or shadow is not None:
+        check_policy_aliases(parsed, reg.snapshot().aliases.get(name, {}))
+        reg.set_routing(name, parsed.model_dump())
+    console.print_json(json.dumps({"name": name, "routing": parsed.model_dump()}))
+
+
+@registry_app.command("unalias")
+def registry_unalias(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Argument(help="Alias to remove (e.g. shadow, canary).")],
+    registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")] = Path(
+        "runs/demo/registry"
+    ),
+) -> None:
+    """Remove an alias: end a shadow run or a canary."""
+    from lmforge.registry import ModelRegistry, RegistryError
+
+    if alias == "production":
+        raise RegistryError("the production alias cannot be removed; promote another version")
+    version = ModelRegistry(registry, create=False).remove_alias(name, alias)
+    console.print(f"{name}: removed {alias} (was v{version})")
+
+
+@registry_app.command("shadow-report")
+def registry_shadow_report(
+    name: Annotated[str | None, typer.Argument(help="Model name (default: the only one).")] = None,
+    since_s: Annotated[
+        float | None, typer.Option("--since-s", help="Only the last N seconds.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    registry: Annotated[Path, typer.Option("--registry", "-r", help="Registry folder.")] = Path(
+        "runs/demo/registry"
+    ),
+) -> None:
+    """Shadow agreement, score drift (PSI, KS), latency, and the A/B feedback test."""
+    from lmforge.serve.analytics import shadow_report_cli
+
+    console.print(shadow_report_cli(registry, name, since_s, as_json), markup=False)
+
+
+def _parse_arms(arms: list[str]) -> dict[str, float]:
+    parsed = {}
+    for arm in arms:
+        alias, sep, weight = arm.partition("=")
+        try:
+            parsed[alias] = float(weight) if sep else 1.0
+        except ValueError:
+            raise ConfigError(f"--ab {arm!r}: use ALIAS=WEIGHT, e.g. --ab production=1") from None
+    return parsed
 
 
 def _fmt(value: Any) -> str:

@@ -355,6 +355,25 @@ class AuthConfig(Section):
     default_burst: int = Field(100, ge=1)
 
 
+class RayServeConfig(Section):
+    """`lmforge serve --backend ray`: the same app as Ray Serve replicas."""
+
+    num_replicas: int | None = Field(
+        1, ge=1, description="Fixed replica count; null to autoscale between min and max."
+    )
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    target_ongoing_requests: float = Field(
+        8.0, gt=0.0, description="Autoscaling target of in-flight requests per replica."
+    )
+    num_cpus: float = Field(1.0, gt=0.0, description="CPUs reserved per replica.")
+    health_check_period_s: float = Field(2.0, gt=0.0)
+    health_check_timeout_s: float = Field(10.0, gt=0.0)
+    address: str | None = Field(
+        None, description="Ray cluster to join (ray://... or auto); default: start one locally."
+    )
+
+
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -374,6 +393,7 @@ class ServeConfig(Section):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    ray: RayServeConfig = Field(default_factory=RayServeConfig)
 
 
 class BenchConfig(Section):

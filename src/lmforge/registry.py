@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS aliases (
     version INTEGER NOT NULL,
     PRIMARY KEY (name, alias)
 );
+CREATE TABLE IF NOT EXISTS routing (
+    name TEXT PRIMARY KEY,
+    policy TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS alias_history (
     name TEXT NOT NULL,
     alias TEXT NOT NULL,
@@ -71,6 +76,15 @@ class ModelVersion:
     tags: dict[str, Any]
     created_at: float
     aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServingSnapshot:
+    """What a server needs to route: every alias and routing policy, read in one transaction."""
+
+    aliases: dict[str, dict[str, int]]  # name -> alias -> version
+    routing: dict[str, dict[str, Any]]  # name -> policy (JSON object)
+    token: tuple[int, float]  # changes whenever an alias or a policy changes
 
 
 class ModelRegistry:
@@ -201,6 +215,52 @@ class ModelRegistry:
                 (name, alias, current[0], previous, time.time()),
             )
         return int(current[0]), int(previous)
+
+    def set_routing(self, name: str, policy: dict[str, Any]) -> None:
+        """Store the traffic policy of `name` (validated by the server's routing module)."""
+        if name not in self.names():
+            raise RegistryError(f"no model {name!r} in the registry (models: {self._known()})")
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO routing VALUES (?, ?, ?)",
+                (name, json.dumps(policy, sort_keys=True), time.time()),
+            )
+
+    def routing(self, name: str) -> dict[str, Any]:
+        """The stored traffic policy of `name`; {} when none was set."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT policy FROM routing WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def remove_alias(self, name: str, alias: str) -> int:
+        """Drop an alias (e.g. end a shadow run); returns the version it pointed at."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
+            ).fetchone()
+            if row is None:
+                raise RegistryError(f"model {name!r} has no alias {alias!r}")
+            conn.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias))
+        return int(row[0])
+
+    def snapshot(self) -> ServingSnapshot:
+        """Aliases and routing of every model, consistent with each other (one read)."""
+        with self._connect() as conn:
+            alias_rows = conn.execute("SELECT name, alias, version FROM aliases").fetchall()
+            policy_rows = conn.execute("SELECT name, policy, updated_at FROM routing").fetchall()
+            last_change = conn.execute("SELECT max(rowid) FROM alias_history").fetchone()[0]
+        aliases: dict[str, dict[str, int]] = {}
+        for name, alias, version in alias_rows:
+            aliases.setdefault(name, {})[alias] = int(version)
+        routing = {name: json.loads(policy) for name, policy, _ in policy_rows}
+        newest_policy = max((float(t) for _, _, t in policy_rows), default=0.0)
+        # alias_history gets a row on every alias move (also rollbacks); removals are seen
+        # through the alias count.
+        token = (int(last_change or 0) * 1000 + len(alias_rows), newest_policy)
+        return ServingSnapshot(aliases, routing, token)
+
+    def _known(self) -> str:
+        return ", ".join(self.names()) or "none"
 
     def update_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> None:
         current = self.get(name, version).metrics

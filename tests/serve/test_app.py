@@ -29,7 +29,7 @@ def test_predict_returns_model_predictions_with_ids(client, tiny_model_dir):
     r = client.post("/v1/predict", json={"texts": texts})
     assert r.status_code == 200
     body = r.json()
-    assert body["model"] == {"name": "tiny", "version": 1}
+    assert body["model"] == {"name": "tiny", "version": 1, "variant": "production"}
     assert re.fullmatch(r"[0-9a-f]{32}", body["request_id"])
     assert r.headers["x-request-id"] == body["request_id"]
     expected = TextClassifier.load(tiny_model_dir).predict(texts)
@@ -150,16 +150,18 @@ def test_metrics_count_requests_texts_and_model(client, tiny_registry):
     assert line in text
     assert 'route="/v1/predict",status="422"} 1.0' in text
     assert 'route="unmatched",status="404"} 1.0' in text  # raw paths never become labels
-    assert "lmforge_predicted_texts_total 4.0" in text
-    assert 'lmforge_model_info{name="tiny",quantization="none",version="1"} 1.0' in text
+    served = 'lmforge_predictions_total{model="tiny",variant="production",version="1"}'
+    assert f"{served} 4.0" in text
+    info = 'lmforge_model_info{backend="torch",name="tiny",quantization="none",version="1"} 1.0'
+    assert info in text
     assert 'lmforge_http_request_duration_seconds_count{route="/v1/predict"} 3.0' in text
     # A second app in the same process keeps its own counters.
     with TestClient(create_app(tiny_registry, LIMITS)) as other:
-        assert "lmforge_predicted_texts_total 0.0" in other.get("/metrics").text
+        assert served not in other.get("/metrics").text
 
 
 class _GatedClassifier:
-    """The real classifier, held at a gate so a test can keep a prediction in flight."""
+    """The real model call, held at a gate so a test can keep a prediction in flight."""
 
     def __init__(self, inner, fail: bool = False) -> None:
         self.inner, self.fail = inner, fail
@@ -170,12 +172,17 @@ class _GatedClassifier:
         self.release.wait(10)
         if self.fail:
             raise RuntimeError("boom")
-        return self.inner.predict(texts)
+        return self.inner(texts)
 
 
-def test_health_answers_while_inference_runs(app, client):
-    gated = _GatedClassifier(app.state.model.classifier)
-    app.state.model.classifier = gated
+def _production(app):
+    return app.state.runtime.table.routes["tiny"].variants["production"]
+
+
+def test_health_answers_while_inference_runs(app, client, monkeypatch):
+    backend = _production(app).backend
+    gated = _GatedClassifier(backend.predict)
+    monkeypatch.setattr(backend, "predict", gated.predict)
     results = {}
     worker = threading.Thread(
         target=lambda: results.update(r=client.post("/v1/predict", json={"texts": ["a"]}))
@@ -193,10 +200,11 @@ def test_health_answers_while_inference_runs(app, client):
     assert results["r"].status_code == 200
 
 
-def test_model_failure_is_json_500_with_request_id(app, client):
-    gated = _GatedClassifier(app.state.model.classifier, fail=True)
+def test_model_failure_is_json_500_with_request_id(app, client, monkeypatch):
+    backend = _production(app).backend
+    gated = _GatedClassifier(backend.predict, fail=True)
     gated.release.set()
-    app.state.model.classifier = gated
+    monkeypatch.setattr(backend, "predict", gated.predict)
     r = client.post("/v1/predict", json={"texts": ["a"]}, headers={"X-Request-ID": "req-7"})
     assert "req-7" in _error(r, 500, "internal_error")
     assert r.headers["x-request-id"] == "req-7"
@@ -204,8 +212,9 @@ def test_model_failure_is_json_500_with_request_id(app, client):
 
 
 def test_missing_model_in_registry_is_a_clear_error(tmp_path):
-    from lmforge.registry import ModelRegistry, RegistryError
+    from lmforge.registry import ModelRegistry
+    from lmforge.serve.models import ModelUnavailable
 
     ModelRegistry(tmp_path / "reg")
-    with pytest.raises(RegistryError, match="holds no model"):
+    with pytest.raises(ModelUnavailable, match="no model in the registry .* production alias"):
         create_app(tmp_path / "reg", LIMITS)

@@ -1,9 +1,11 @@
-"""The HTTP service: the registry's production model behind a small, strict JSON API.
+"""The HTTP service: every registry model with a production alias, behind a strict JSON API.
 
-    POST /v1/predict   {"texts": [...]} -> {"request_id", "model", "predictions"}
-    GET  /healthz      the process is alive
-    GET  /readyz       200 once the model is loaded, else 503
-    GET  /metrics      Prometheus text format
+    POST /v1/models/{name}/predict   {"texts": [...], "key": "user-1"} -> predictions
+    POST /v1/predict                 the same, for the default model
+    GET  /v1/models[/{name}]         served models, aliases, routing policy
+    POST /v1/feedback                {"request_id": ..., "outcome": 0..1} for A/B analysis
+    /v1/admin/...                    promote, rollback, routing, history, shadow report (admin key)
+    GET  /healthz, /readyz, /metrics, /openapi.json
 
 Every error, including unknown routes and wrong methods, is JSON: {"error": {"code", "message"}}.
 """
@@ -11,11 +13,13 @@ Every error, including unknown routes and wrong methods, is JSON: {"error": {"co
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+import math
+import time
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,163 +29,527 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from lmforge.config import ServeConfig
-from lmforge.registry import ModelRegistry, ModelVersion
-from lmforge.serve.batching import BatchingPredictor
+from lmforge.registry import ModelRegistry, RegistryError
+from lmforge.serve import schemas
+from lmforge.serve.analytics import shadow_report
+from lmforge.serve.anomaly import Alert, AlertMonitor
+from lmforge.serve.auth import ApiKey, KeyStore, RateLimiter, presented_key
+from lmforge.serve.cache import PredictionCache, cache_key, make_cache
+from lmforge.serve.comparisons import FeedbackError, ServingStore
+from lmforge.serve.engine import DeadlineExceeded, EngineStopped, Overloaded
 from lmforge.serve.metrics import CONTENT_TYPE, ServeMetrics
 from lmforge.serve.middleware import RequestContextMiddleware, request_id_from
-from lmforge.serve.validation import RequestError, parse_predict_body, read_body
+from lmforge.serve.models import ModelPool, ModelRoutes, ModelUnavailable, ServedModel, ServingTable
+from lmforge.serve.routing import (
+    RoutingError,
+    check_policy_aliases,
+    choose_variant,
+    parse_policy,
+)
+from lmforge.serve.shadow import ShadowMirror
+from lmforge.serve.tracing import Tracing
+from lmforge.serve.validation import (
+    RequestError,
+    parse_json_body,
+    parse_predict_body,
+    read_body,
+)
 
 log = logging.getLogger("lmforge.serve")
 
-ROUTES = "POST /v1/predict, GET /healthz, GET /readyz, GET /metrics"
+ROUTES = (
+    "POST /v1/predict, POST /v1/models/{name}/predict, GET /v1/models, POST /v1/feedback, "
+    "GET /healthz, GET /readyz, GET /metrics, GET /openapi.json, /v1/admin/..."
+)
+TIMEOUT_HEADER = "x-timeout-ms"
+ROUTING_KEY_HEADER = "x-routing-key"
+GAUGE_INTERVAL_S = 1.0
 
 
 @dataclass
-class ModelState:
-    """What the app serves; `classifier` is None until the model is loaded."""
+class ServeRuntime:
+    """Everything one app instance owns; created in `create_app`, started in its lifespan."""
 
-    version: ModelVersion
-    quantization: str | None
-    classifier: Any = None
+    cfg: ServeConfig
+    registry: ModelRegistry
+    metrics: ServeMetrics
+    pool: ModelPool
+    table: ServingTable
+    cache: PredictionCache | None
+    keys: KeyStore
+    limiter: RateLimiter
+    store: ServingStore
+    shadow: ShadowMirror
+    tracing: Tracing
+    alerts: AlertMonitor
     load_error: str | None = None
-    predictor: BatchingPredictor | None = field(default=None, repr=False)
 
     @property
     def ready(self) -> bool:
-        return self.classifier is not None and self.predictor is not None
-
-    def identity(self) -> dict[str, Any]:
-        return {"name": self.version.name, "version": self.version.version}
-
-
-def resolve_served_version(registry_dir: Path, model: str | None) -> ModelVersion:
-    """The production version of `model` (or of the only model) in the registry."""
-    return ModelRegistry(registry_dir, create=False).resolve(model, "production")
-
-
-def load_classifier(model_dir: Path) -> Any:
-    from lmforge.inference import TextClassifier  # torch import kept out of module import
-
-    return TextClassifier.load(model_dir)
+        return self.table.ready
 
 
 def create_app(registry_dir: Path, cfg: ServeConfig, preload: bool = True) -> FastAPI:
-    """Build the app for the registry's production model.
+    """Build the app for the registry's models.
 
-    With `preload` (the default) the model loads now, so a broken model fails before the port
+    With `preload` (the default) the models load now, so a broken model fails before the port
     opens. Without it, loading happens in the background after startup: /healthz answers at
-    once and /readyz turns 200 when the model is in.
+    once and /readyz turns 200 when the models are in.
     """
-    version = resolve_served_version(Path(registry_dir), cfg.model)
-    state = ModelState(version=version, quantization=_quantization_of(version.path))
-    if preload:
-        state.classifier = load_classifier(version.path)
+    registry = ModelRegistry(Path(registry_dir), create=False)
     metrics = ServeMetrics()
+    pool = ModelPool(cfg, metrics)
+    table = ServingTable(registry, pool, cfg.model)
+    if preload:
+        table.load_initial()
+    else:
+        table.plan(registry.snapshot())  # no model to serve is an error before startup
+    store = ServingStore(registry.root)
+    runtime = ServeRuntime(
+        cfg=cfg,
+        registry=registry,
+        metrics=metrics,
+        pool=pool,
+        table=table,
+        cache=make_cache(cfg.cache),
+        keys=KeyStore(registry.root),
+        limiter=RateLimiter(cfg.auth.default_rate, cfg.auth.default_burst),
+        store=store,
+        shadow=ShadowMirror(
+            store,
+            cfg.shadow.queue_size,
+            cfg.shadow.sample,
+            on_outcome=lambda model, outcome: metrics.shadow.labels(model, outcome).inc(),
+        ),
+        tracing=Tracing(cfg.tracing),
+        alerts=AlertMonitor(cfg.alerts, on_alert=lambda a: _on_alert(metrics, a)),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        predictor = BatchingPredictor(
-            _predict_fn(state), cfg.batching.max_batch_size, on_batch=metrics.batch_texts.observe
-        )
-        await predictor.start()
-        state.predictor = predictor
-        loader = None
-        if state.classifier is not None:
-            metrics.set_model(version.name, version.version, state.quantization)
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task[Any]] = []
+        if preload:
+            await table.refresh(force=True)
+            metrics.ready.set(1)
         else:
-            loader = asyncio.create_task(_load(state, metrics))
+            tasks.append(asyncio.create_task(_first_load(runtime)))
+        store.start_background_flush()
+        await runtime.shadow.start()
+        tasks.append(asyncio.create_task(table.run(cfg.refresh_s, stop)))
+        tasks.append(asyncio.create_task(_update_gauges(runtime, stop)))
+        if cfg.alerts.enabled:
+            tasks.append(asyncio.create_task(runtime.alerts.run(stop)))
         try:
             yield
         finally:
-            if loader is not None:
-                loader.cancel()
-            state.predictor = None
-            await predictor.stop()
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await runtime.shadow.stop()
+            await pool.close()
+            store.close()
+            if runtime.cache is not None:
+                await runtime.cache.close()
+            runtime.tracing.shutdown()
 
     app = FastAPI(
         title="lmforge",
+        version="1",
+        description="Text classification service: versioned models, A/B, canary and shadow.",
         lifespan=lifespan,
-        docs_url=None,
+        docs_url=None,  # the Swagger UI loads assets from a CDN; the spec itself is served
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
-    app.state.model = state
-    app.state.metrics = metrics
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
-    _add_error_handlers(app)
+    app.state.runtime = runtime
+    if cfg.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
 
-    @app.post("/v1/predict")
-    async def predict(request: Request) -> JSONResponse:
-        if not state.ready:
-            raise RequestError(503, "not_ready", _not_ready_message(state))
-        body = await read_body(request, cfg.max_body_bytes)
-        texts = parse_predict_body(body, cfg)
-        assert state.predictor is not None
-        predictions = await state.predictor.predict(texts)
-        metrics.predicted_texts.inc(len(texts))
-        return JSONResponse(
-            {
-                "request_id": request_id_from(request.scope),
-                "model": state.identity(),
-                "predictions": [_plain(p) for p in predictions],
-            }
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["*"])
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, tracing=runtime.tracing)
+    _add_error_handlers(app)
+    _add_public_routes(app, runtime)
+    _add_admin_routes(app, runtime)
+    return app
+
+
+# -- routes -----------------------------------------------------------------------------------
+def _add_public_routes(app: FastAPI, rt: ServeRuntime) -> None:
+    cfg = rt.cfg
+
+    @app.post(
+        "/v1/models/{name}/predict",
+        response_model=schemas.PredictResponse,
+        openapi_extra=schemas.body(schemas.PredictBody),
+        responses=schemas.ERRORS,
+    )
+    async def predict_model(name: str, request: Request) -> JSONResponse:
+        """Classify texts with the model `name` (its production, canary or A/B version)."""
+        return await _predict(rt, request, name)
+
+    @app.post(
+        "/v1/predict",
+        response_model=schemas.PredictResponse,
+        openapi_extra=schemas.body(schemas.PredictBody),
+        responses=schemas.ERRORS,
+    )
+    async def predict_default(request: Request) -> JSONResponse:
+        """Classify texts with the default model."""
+        return await _predict(rt, request, None)
+
+    @app.get("/v1/models", response_model=schemas.ModelList)
+    async def list_models() -> JSONResponse:
+        """Served models with their aliases, routing policy and loaded versions."""
+        _require_ready(rt)
+        return JSONResponse({"models": [_describe(r) for r in rt.table.routes.values()]})
+
+    @app.get("/v1/models/{name}", response_model=schemas.ModelInfo, responses=schemas.ERRORS)
+    async def get_model(name: str) -> JSONResponse:
+        _require_ready(rt)
+        return JSONResponse(_describe(rt.table.model(name)))
+
+    @app.post(
+        "/v1/feedback",
+        response_model=schemas.FeedbackResponse,
+        openapi_extra=schemas.body(schemas.FeedbackBody),
+        responses=schemas.ERRORS,
+    )
+    async def feedback(request: Request) -> JSONResponse:
+        """Record the outcome (0..1) of an earlier prediction, for the A/B test."""
+        _authorize(rt, request, admin=False)
+        body = schemas.parse(schemas.FeedbackBody, await read_body(request, cfg.max_body_bytes))
+        result = await asyncio.to_thread(
+            rt.store.record_feedback, body.request_id, float(body.outcome)
         )
+        return JSONResponse({"recorded": True, **_plain_result(result)})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=schemas.ERRORS)
     async def readyz() -> JSONResponse:
-        if not state.ready:
-            return _error(503, "not_ready", _not_ready_message(state))
-        return JSONResponse({"status": "ready", "model": state.identity()})
+        if not rt.ready:
+            return _error(503, "not_ready", _not_ready_message(rt), {"Retry-After": "1"})
+        routes = rt.table.model(None) if len(rt.table.routes) == 1 else None
+        body: dict[str, Any] = {"status": "ready", "models": sorted(rt.table.routes)}
+        if routes is not None:
+            production = routes.variants["production"]
+            body["model"] = {"name": production.name, "version": production.number}
+        return JSONResponse(body)
 
-    @app.get("/metrics")
+    @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    return app
+        return Response(rt.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def _predict_fn(state: ModelState) -> Callable[[list[str]], list[Any]]:
-    def run(texts: list[str]) -> list[Any]:
-        return state.classifier.predict(texts)
+def _add_admin_routes(app: FastAPI, rt: ServeRuntime) -> None:
+    cfg = rt.cfg
 
-    return run
+    async def admin_body(request: Request, model: type[schemas.Strict]) -> Any:
+        _authorize(rt, request, admin=True)
+        return schemas.parse(model, await read_body(request, cfg.max_body_bytes))
+
+    @app.post(
+        "/v1/admin/models/{name}/promote",
+        openapi_extra=schemas.body(schemas.PromoteBody),
+        responses=schemas.ERRORS,
+    )
+    async def promote(name: str, request: Request) -> JSONResponse:
+        """Point an alias (production, canary, shadow, ...) at a version."""
+        body = await admin_body(request, schemas.PromoteBody)
+        await asyncio.to_thread(rt.registry.set_alias, name, body.alias, body.version)
+        switch_s = await _apply(rt)
+        return JSONResponse(
+            {"name": name, "alias": body.alias, "version": body.version, "switch_s": switch_s}
+        )
+
+    @app.post(
+        "/v1/admin/models/{name}/rollback",
+        openapi_extra=schemas.body(schemas.RollbackBody),
+        responses=schemas.ERRORS,
+    )
+    async def rollback(name: str, request: Request) -> JSONResponse:
+        """Move an alias back to where it pointed before its latest change."""
+        body = await admin_body(request, schemas.RollbackBody)
+        old, new = await asyncio.to_thread(rt.registry.rollback, name, body.alias)
+        switch_s = await _apply(rt)
+        return JSONResponse(
+            {"name": name, "alias": body.alias, "from": old, "to": new, "switch_s": switch_s}
+        )
+
+    @app.put(
+        "/v1/admin/models/{name}/routing",
+        openapi_extra=schemas.body(schemas.RoutingBody),
+        responses=schemas.ERRORS,
+    )
+    async def set_routing(name: str, request: Request) -> JSONResponse:
+        """Replace the model's traffic policy (canary weight, A/B split, shadow on/off)."""
+        _authorize(rt, request, admin=True)
+        raw = parse_json_body(await read_body(request, cfg.max_body_bytes))
+        if not isinstance(raw, dict):
+            raise RequestError(422, "invalid_request", "the routing policy must be a JSON object")
+        policy = parse_policy(raw)
+        aliases = (await asyncio.to_thread(rt.registry.snapshot)).aliases.get(name)
+        if aliases is None:
+            raise ModelUnavailable(f"no model {name!r} in the registry")
+        check_policy_aliases(policy, aliases)
+        await asyncio.to_thread(rt.registry.set_routing, name, policy.model_dump())
+        switch_s = await _apply(rt)
+        return JSONResponse({"name": name, "routing": policy.model_dump(), "switch_s": switch_s})
+
+    @app.get("/v1/admin/models/{name}/history", responses=schemas.ERRORS)
+    async def history(name: str, request: Request) -> JSONResponse:
+        """Every alias change of the model, oldest first."""
+        _authorize(rt, request, admin=True)
+        changes = await asyncio.to_thread(rt.registry.history, name)
+        return JSONResponse({"name": name, "history": [c.__dict__ for c in changes]})
+
+    @app.delete("/v1/admin/models/{name}/aliases/{alias}", responses=schemas.ERRORS)
+    async def remove_alias(name: str, alias: str, request: Request) -> JSONResponse:
+        """Drop an alias, e.g. end a shadow run or a canary."""
+        _authorize(rt, request, admin=True)
+        if alias == "production":
+            raise RequestError(
+                409, "conflict", "the production alias cannot be removed; promote another version"
+            )
+        version = await asyncio.to_thread(rt.registry.remove_alias, name, alias)
+        switch_s = await _apply(rt)
+        return JSONResponse({"name": name, "alias": alias, "was": version, "switch_s": switch_s})
+
+    @app.get("/v1/admin/shadow/report", responses=schemas.ERRORS)
+    async def report(
+        request: Request, model: str | None = None, since_s: float | None = None
+    ) -> JSONResponse:
+        """Shadow agreement, score drift (PSI, KS), latency, and the A/B feedback test."""
+        _authorize(rt, request, admin=True)
+        name = model or rt.table.model(None).name
+        since = time.time() - since_s if since_s else None
+
+        def build() -> dict[str, Any]:
+            rt.store.flush()
+            return shadow_report(rt.store, name, since)
+
+        return JSONResponse(await asyncio.to_thread(build))
 
 
-async def _load(state: ModelState, metrics: ServeMetrics) -> None:
+# -- prediction path ---------------------------------------------------------------------------
+async def _predict(rt: ServeRuntime, request: Request, name: str | None) -> JSONResponse:
+    started = time.perf_counter()
+    if not rt.ready:
+        raise RequestError(503, "not_ready", _not_ready_message(rt), {"Retry-After": "1"})
+    _authorize(rt, request, admin=False)
+    body = parse_predict_body(await read_body(request, rt.cfg.max_body_bytes), rt.cfg)
+    routes = rt.table.model(name)
+    routing_key = body.key or request.headers.get(ROUTING_KEY_HEADER)
+    route = choose_variant(routes.name, routes.policy, routes.variants, routing_key)
+    served = routes.variants.get(route.variant) or routes.variants["production"]
+    deadline = _deadline(rt.cfg, request)
+    error = True
     try:
-        state.classifier = await asyncio.to_thread(load_classifier, state.version.path)
+        predictions = await _answer(rt, served, body.texts, deadline)
+        error = False
+    except (Overloaded, DeadlineExceeded, EngineStopped) as exc:
+        rt.metrics.rejected.labels(served.name, _reason(exc)).inc()
+        error = not isinstance(exc, Overloaded)
+        raise
+    finally:
+        rt.alerts.observe_request(served.name, time.perf_counter() - started, error)
+    request_id = request_id_from(request.scope)
+    latency = time.perf_counter() - started
+    rt.store.record_assignment(
+        request_id, served.name, served.number, route.variant, routing_key if route.sticky else None
+    )
+    if routes.shadow is not None and routes.policy.shadow:
+        shadow = routes.shadow
+        rt.shadow.submit(
+            served.name,
+            request_id,
+            body.texts,
+            predictions,
+            served.number,
+            latency,
+            lambda texts: _run_shadow(shadow, texts, rt.cfg),
+        )
+    rt.metrics.predictions.labels(served.name, str(served.number), route.variant).inc(
+        len(body.texts)
+    )
+    return JSONResponse(
+        {
+            "request_id": request_id,
+            "model": {"name": served.name, "version": served.number, "variant": route.variant},
+            "predictions": predictions,
+        }
+    )
+
+
+async def _answer(
+    rt: ServeRuntime, served: ServedModel, texts: list[str], deadline: float
+) -> list[dict[str, Any]]:
+    """Predictions for `texts`: from the cache where possible, the model for the rest."""
+    cache = rt.cache
+    if cache is None:
+        with rt.tracing.span("model", {"texts": len(texts)}):
+            return await served.predict(texts, deadline)
+    keys = [cache_key(served.name, served.number, served.version.content_hash, t) for t in texts]
+    with rt.tracing.span("cache.get", {"texts": len(texts)}):
+        found: list[dict[str, Any] | None] = await cache.get_many(keys)
+    missing = [i for i, hit in enumerate(found) if hit is None]
+    hits = len(texts) - len(missing)
+    if hits:
+        rt.metrics.cache.labels("hit").inc(hits)
+    if missing:
+        rt.metrics.cache.labels("miss").inc(len(missing))
+        with rt.tracing.span("model", {"texts": len(missing)}):
+            fresh = await served.predict([texts[i] for i in missing], deadline)
+        await cache.set_many({keys[i]: p for i, p in zip(missing, fresh, strict=True)})
+        for i, prediction in zip(missing, fresh, strict=True):
+            found[i] = prediction
+    return found  # type: ignore[return-value]
+
+
+async def _run_shadow(
+    shadow: ServedModel, texts: list[str], cfg: ServeConfig
+) -> tuple[list[dict[str, Any]], int]:
+    deadline = time.monotonic() + cfg.batching.timeout_ms / 1000
+    return await shadow.predict(texts, deadline), shadow.number
+
+
+def _deadline(cfg: ServeConfig, request: Request) -> float:
+    timeout_ms = cfg.batching.timeout_ms
+    asked = request.headers.get(TIMEOUT_HEADER)
+    if asked is not None:
+        try:
+            value = float(asked)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 and math.isfinite(value)):
+            raise RequestError(
+                400,
+                "invalid_header",
+                f"X-Timeout-Ms must be a positive number of milliseconds, got {asked[:40]!r}",
+            )
+        timeout_ms = min(timeout_ms, value)  # a client may ask for less, never for more
+    return time.monotonic() + timeout_ms / 1000
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, Overloaded):
+        return "overloaded"
+    if isinstance(exc, DeadlineExceeded):
+        return "deadline"
+    return "stopped"
+
+
+def _authorize(rt: ServeRuntime, request: Request, admin: bool) -> ApiKey | None:
+    presented = presented_key(request.headers)
+    if presented is None:
+        if admin:
+            raise RequestError(
+                401,
+                "unauthorized",
+                "admin endpoints need an API key with role admin: send 'Authorization: Bearer "
+                "KEY' (create one with: lmforge keys create NAME --role admin)",
+            )
+        if rt.cfg.auth.require_for_predict:
+            raise RequestError(
+                401,
+                "unauthorized",
+                "this server requires an API key: send 'Authorization: Bearer KEY' or "
+                "'X-API-Key: KEY' (create one with: lmforge keys create NAME)",
+            )
+        return None
+    key = rt.keys.verify(presented)
+    if key is None:
+        raise RequestError(401, "invalid_api_key", "the API key is unknown or revoked")
+    if admin and key.role != "admin":
+        raise RequestError(
+            403, "forbidden", f"key {key.key_id} has role {key.role!r}; admin endpoints need admin"
+        )
+    client = request.client.host if request.client else "unknown"
+    wait = rt.limiter.check(key, client)
+    if wait > 0:
+        rt.metrics.rejected.labels("-", "rate_limited").inc()
+        raise RequestError(
+            429,
+            "rate_limited",
+            f"key {key.key_id} is over its rate limit; retry in {wait:.2f} s",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    return key
+
+
+async def _apply(rt: ServeRuntime) -> float:
+    """Make this worker see an admin change at once; other workers follow within refresh_s."""
+    started = time.perf_counter()
+    await rt.table.refresh(force=True)
+    return round(time.perf_counter() - started, 4)
+
+
+async def _first_load(rt: ServeRuntime) -> None:
+    try:
+        await rt.table.refresh(force=True)
     except Exception as exc:
-        state.load_error = f"{type(exc).__name__}: {exc}"
-        log.error("loading model %s failed: %s", state.version.path, state.load_error)
+        rt.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("loading the models failed: %s", rt.load_error)
         return
-    metrics.set_model(state.version.name, state.version.version, state.quantization)
+    rt.metrics.ready.set(1)
 
 
-def _not_ready_message(state: ModelState) -> str:
-    v = state.version
-    if state.load_error:
-        return f"model {v.name} v{v.version} failed to load: {state.load_error}"
-    return f"model {v.name} v{v.version} is still loading; retry shortly"
+async def _update_gauges(rt: ServeRuntime, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        for served, depth in rt.pool.queue_depths():
+            rt.metrics.queue_texts.labels(served.name, str(served.number)).set(depth)
+        for name in rt.table.routes:
+            agreement = rt.shadow.agreement(name)
+            if agreement is not None:
+                rt.metrics.shadow_agreement.labels(name).set(agreement)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=GAUGE_INTERVAL_S)
 
 
-def _quantization_of(model_dir: Path) -> str | None:
-    try:
-        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # the loader reports a broken model dir with a proper message
-    return config.get("quantization") if isinstance(config, dict) else None
+def _on_alert(metrics: ServeMetrics, alert: Alert) -> None:
+    metrics.alerts.labels(alert.series, alert.kind).inc()
+    metrics.alert_active.labels(alert.series).set(1 if alert.kind == "raised" else 0)
 
 
-def _plain(prediction: dict[str, Any]) -> dict[str, Any]:
-    # numpy scalars are not JSON; the model may hand them back.
+def _describe(routes: ModelRoutes) -> dict[str, Any]:
     return {
-        "label": str(prediction["label"]),
-        "probs": {str(k): float(v) for k, v in prediction["probs"].items()},
+        "name": routes.name,
+        "aliases": routes.aliases,
+        "routing": routes.policy.model_dump(),
+        "serving": {
+            alias: {
+                "version": s.number,
+                "backend": s.backend.kind,
+                "quantization": s.backend.quantization,
+            }
+            for alias, s in sorted(routes.variants.items())
+        },
+        "shadow": routes.shadow.number if routes.shadow else None,
+        "labels": routes.variants["production"].labels,
     }
+
+
+def _plain_result(result: Any) -> dict[str, Any]:
+    if hasattr(result, "__dict__"):
+        return {k: v for k, v in vars(result).items() if not k.startswith("_")}
+    return dict(result) if isinstance(result, Mapping) else {}
+
+
+def _require_ready(rt: ServeRuntime) -> None:
+    if not rt.ready:
+        raise RequestError(503, "not_ready", _not_ready_message(rt), {"Retry-After": "1"})
+
+
+def _not_ready_message(rt: ServeRuntime) -> str:
+    if rt.load_error:
+        return f"the models failed to load: {rt.load_error}"
+    return "the models are still loading; retry shortly"
 
 
 def _error(
@@ -193,9 +561,33 @@ def _error(
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    rt: ServeRuntime = app.state.runtime
+
     async def on_request_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestError)
-        return _error(exc.status, exc.code, exc.message)
+        return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    async def on_overloaded(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, Overloaded)
+        retry = str(max(1, math.ceil(exc.retry_after_s)))
+        status = rt.cfg.batching.overload_status
+        return _error(status, "overloaded", str(exc), {"Retry-After": retry})
+
+    async def on_deadline(request: Request, exc: Exception) -> JSONResponse:
+        return _error(504, "deadline_exceeded", str(exc) or "the request's deadline passed")
+
+    async def on_stopped(request: Request, exc: Exception) -> JSONResponse:
+        return _error(503, "shutting_down", str(exc), {"Retry-After": "1"})
+
+    async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return _error(404, "model_not_found", str(exc))
+
+    async def on_conflict(request: Request, exc: Exception) -> JSONResponse:
+        status = 404 if isinstance(exc, FeedbackError) else 422
+        code = "unknown_request_id" if isinstance(exc, FeedbackError) else "invalid_request"
+        if isinstance(exc, RegistryError):
+            status, code = 404, "not_found"
+        return _error(status, code, str(exc))
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -216,5 +608,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(422, "invalid_request", str(exc))
 
     app.add_exception_handler(RequestError, on_request_error)
+    app.add_exception_handler(Overloaded, on_overloaded)
+    app.add_exception_handler(DeadlineExceeded, on_deadline)
+    app.add_exception_handler(EngineStopped, on_stopped)
+    app.add_exception_handler(ModelUnavailable, on_unavailable)
+    app.add_exception_handler(RoutingError, on_conflict)
+    app.add_exception_handler(FeedbackError, on_conflict)
+    app.add_exception_handler(RegistryError, on_conflict)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

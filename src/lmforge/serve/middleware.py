@@ -1,4 +1,4 @@
-"""The outer ASGI layer: request ids, per-request metrics, and a JSON 500 as the last resort.
+"""The outer ASGI layer: request ids, tracing, per-request metrics, and a JSON 500 last resort.
 
 Written as plain ASGI (not BaseHTTPMiddleware) so it adds no task per request and sees the
 route template FastAPI puts into the scope after routing.
@@ -16,7 +16,9 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lmforge.serve.logs import REQUEST_ID
 from lmforge.serve.metrics import ServeMetrics
+from lmforge.serve.tracing import Tracing
 
 log = logging.getLogger("lmforge.serve")
 
@@ -34,9 +36,10 @@ def request_id_from(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics, tracing: Tracing | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +47,7 @@ class RequestContextMiddleware:
             return
         request_id = _pick_request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
+        token = REQUEST_ID.set(request_id)  # every log line of this request carries the id
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -59,7 +63,17 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if self.tracing is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                attributes = {"http.method": scope["method"], "http.target": scope["path"]}
+                with self.tracing.request_span(
+                    f"HTTP {scope['method']}", scope.get("headers"), attributes
+                ) as span:
+                    await self.app(scope, receive, send_with_id)
+                    if span.is_recording():
+                        span.set_attribute("http.status_code", status)
+                        span.set_attribute("lmforge.request_id", request_id)
         except ClientDisconnect:
             status = CLIENT_CLOSED  # nobody is left to answer; not a server fault
         except Exception:
@@ -73,6 +87,7 @@ class RequestContextMiddleware:
                 {"error": {"code": "internal_error", "message": f"request {request_id} failed"}},
             )
         finally:
+            REQUEST_ID.reset(token)
             self.metrics.observe_request(
                 _route_label(scope), scope["method"], status, time.perf_counter() - started
             )

@@ -8,24 +8,37 @@ with the wrong shape) and a message that names the offending field, index and li
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 
 from lmforge.config import ServeConfig
 
-ALLOWED_FIELDS = ("texts",)
+ALLOWED_FIELDS = ("texts", "key")
 EXAMPLE = '{"texts": ["some text"]}'
 
 
 class RequestError(Exception):
     """A client mistake, answered as `{"error": {"code", "message"}}` with `status`."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    texts: list[str]
+    key: str | None  # the client's routing key: the same key keeps the same A/B arm
+
+
+MAX_KEY_CHARS = 256
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -53,19 +66,24 @@ def _too_large(size: int, limit: int, at_least: bool = False) -> RequestError:
     )
 
 
-def parse_predict_body(body: bytes, cfg: ServeConfig) -> list[str]:
-    """Decode and check a `/v1/predict` body; return the texts to classify."""
+def parse_json_body(body: bytes, example: str = EXAMPLE) -> Any:
+    """Decode a JSON body; bytes that are not UTF-8 JSON are a 400 that shows `example`."""
     if not body.strip():
-        raise RequestError(400, "invalid_json", f"request body is empty; send JSON like {EXAMPLE}")
+        raise RequestError(400, "invalid_json", f"request body is empty; send JSON like {example}")
     try:
-        payload: Any = json.loads(body)
+        return json.loads(body)
     except RecursionError:
         raise RequestError(400, "invalid_json", "request body JSON is nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:  # ValueError: also over-long int literals
         where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
         raise RequestError(
-            400, "invalid_json", f"request body is not valid UTF-8 JSON{where}; send {EXAMPLE}"
+            400, "invalid_json", f"request body is not valid UTF-8 JSON{where}; send {example}"
         ) from None
+
+
+def parse_predict_body(body: bytes, cfg: ServeConfig) -> PredictRequest:
+    """Decode and check a predict body; return the texts to classify and the routing key."""
+    payload = parse_json_body(body)
     if not isinstance(payload, dict):
         raise RequestError(
             422,
@@ -111,7 +129,16 @@ def parse_predict_body(body: bytes, cfg: ServeConfig) -> list[str]:
                 f"texts[{i}] has {len(text)} characters; the limit is {cfg.max_chars} "
                 "(serve.max_chars); shorten or split it",
             )
-    return texts
+    key = payload.get("key")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_CHARS):
+        raise RequestError(
+            422,
+            "invalid_request",
+            f"'key' must be a non-empty string of at most {MAX_KEY_CHARS} characters "
+            "(a user or session id for sticky A/B assignment), got "
+            + (f"{len(key)} characters" if isinstance(key, str) else _json_type(key)),
+        )
+    return PredictRequest(texts, key)
 
 
 def _json_type(value: Any) -> str:
