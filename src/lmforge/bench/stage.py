@@ -56,9 +56,12 @@ def run(cfg: RunConfig, ws: Workspace, console: Console) -> StageResult:
     texts = load_eval_texts(eval_path) if eval_path.is_file() else default_texts()
     out_dir = ws.stage_dir("bench")
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
-        # The child reads the serve limits from the same config this run uses.
+        # The child reads the serve limits from the same config this run uses, minus the
+        # prediction cache: the load repeats eval texts, and the stage measures the model.
+        served_cfg = cfg.model_copy(deep=True)
+        served_cfg.serve.cache.kind = "none"
         config_path = Path(tmp) / "config.yaml"
-        atomic_write_text(config_path, dump_config(cfg))
+        atomic_write_text(config_path, dump_config(served_cfg))
         console.print(f"starting the server for {version.name} v{version.version} ...")
         with ServerProcess(
             ws.registry_dir, host=BENCH_HOST, model=version.name, config_path=config_path

@@ -64,6 +64,7 @@ ROUTES = (
 TIMEOUT_HEADER = "x-timeout-ms"
 ROUTING_KEY_HEADER = "x-routing-key"
 GAUGE_INTERVAL_S = 1.0
+FEEDBACK_WAIT_S = 1.5
 
 
 @dataclass
@@ -222,9 +223,7 @@ def _add_public_routes(app: FastAPI, rt: ServeRuntime) -> None:
         """Record the outcome (0..1) of an earlier prediction, for the A/B test."""
         _authorize(rt, request, admin=False)
         body = schemas.parse(schemas.FeedbackBody, await read_body(request, cfg.max_body_bytes))
-        result = await asyncio.to_thread(
-            rt.store.record_feedback, body.request_id, float(body.outcome)
-        )
+        result = await _record_feedback(rt, body.request_id, float(body.outcome))
         return JSONResponse({"recorded": True, **_plain_result(result)})
 
     @app.get("/healthz")
@@ -417,6 +416,19 @@ async def _run_shadow(
 ) -> tuple[list[dict[str, Any]], int]:
     deadline = time.monotonic() + cfg.batching.timeout_ms / 1000
     return await shadow.predict(texts, deadline), shadow.number
+
+
+async def _record_feedback(rt: ServeRuntime, request_id: str, outcome: float) -> Any:
+    # Another worker may have served the request and not flushed its assignment yet (it
+    # flushes every FEEDBACK_WAIT_S / 3): wait for it briefly before calling the id unknown.
+    deadline = time.monotonic() + FEEDBACK_WAIT_S
+    while True:
+        try:
+            return await asyncio.to_thread(rt.store.record_feedback, request_id, outcome)
+        except FeedbackError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def _deadline(cfg: ServeConfig, request: Request) -> float:
