@@ -88,3 +88,64 @@ def test_nonpositive_batch_sizes_are_refused(tiny_workspace):
     cfg = _cfg(tiny_workspace, latency_batch_sizes=[1, 0])
     with pytest.raises(ConfigError, match=r"latency_batch_sizes holds \[0\]"):
         run_stage(stage_spec("compress"), cfg, tiny_workspace, Console(quiet=True))
+
+
+def test_onnx_variants_are_exported_measured_and_registered(tiny_workspace):
+    for module in ("onnx", "onnxruntime", "onnxscript"):
+        pytest.importorskip(module, reason="ONNX is not installed: pip install 'lmforge[onnx]'")
+    from lmforge.serve.backends import load_backend
+
+    ws = tiny_workspace
+    cfg = _cfg(ws, onnx=True, latency_batch_sizes=[2], latency_repeats=1, eval_limit=6)
+    status, result = run_stage(stage_spec("compress"), cfg, ws, Console(quiet=True))
+    assert status == "ran"
+    s = result.summary
+    variants = ("fp32", "int8", "onnx-fp32", "onnx-int8")
+    assert {(r["variant"], r["batch_size"]) for r in s["table"]} == {
+        (v, bs) for v in variants for bs in (1, 2)
+    }
+    assert all(r["latency_ms"] > 0 for r in s["table"])
+    # The torch int8 variant is unchanged: version 2, same tags, same summary keys.
+    registry = ModelRegistry(ws.registry_dir)
+    assert registry.resolve("tiny", "int8").version == 2 == s["compressed_version"]
+    assert registry.resolve("tiny", "production").version == 1
+
+    fp32 = registry.resolve("tiny", "onnx-fp32")
+    int8 = registry.resolve("tiny", "onnx-int8")
+    assert (fp32.version, int8.version) == (3, 4)
+    assert (s["onnx_fp32_version"], s["onnx_int8_version"]) == (3, 4)
+    assert fp32.tags == {"format": "onnx", "quantization": None, "source_version": 1}
+    assert int8.tags == {"format": "onnx", "quantization": "int8-onnx", "source_version": 1}
+    for version, key in ((fp32, "onnx_fp32"), (int8, "onnx_int8")):
+        assert sorted(p.name for p in version.path.iterdir()) == [
+            "config.json", "model.onnx", "tokenizer.json"
+        ]  # fmt: skip
+        assert version.metrics["accuracy"] == s[f"accuracy_{key}"]
+        assert version.metrics["size_mb"] == s[f"size_mb_{key}"]
+        assert version.metrics["latency_ms_b1"] == s[f"latency_ms_{key}"] > 0
+        assert set(version.metrics) == {
+            "accuracy", "size_mb", "latency_ms_b1", "latency_ms_b2", "agreement_with_source"
+        }  # fmt: skip
+        assert (version.path / "model.onnx").stat().st_size / 1e6 == pytest.approx(
+            s[f"size_mb_{key}"], abs=1e-4
+        )
+        assert load_backend(version.path).kind == "onnx"
+    # fp32 ONNX is the same model as fp32 torch; int8 ONNX is smaller.
+    assert s["accuracy_onnx_fp32"] == s["accuracy_before"]
+    assert s["prediction_agreement_onnx_fp32"] == 1.0
+    assert s["size_mb_onnx_int8"] < 0.8 * s["size_mb_onnx_fp32"]
+    assert read_json(ws.root / "compress" / "summary.json") == s
+
+    # An ONNX export promoted to production cannot be compressed again.
+    registry.set_alias("tiny", "production", fp32.version)
+    with pytest.raises(StageError, match="is an ONNX export; promote the float PyTorch"):
+        run_stage(stage_spec("compress"), cfg, ws, Console(quiet=True))
+
+
+def test_onnx_off_leaves_no_onnx_variant(tiny_workspace):
+    ws = tiny_workspace
+    cfg = _cfg(ws, latency_batch_sizes=[1], latency_repeats=1, eval_limit=3)
+    _, result = run_stage(stage_spec("compress"), cfg, ws, Console(quiet=True))
+    assert not any("onnx" in key for key in result.summary)
+    assert [v.version for v in ModelRegistry(ws.registry_dir).versions("tiny")] == [1, 2]
+    assert not any("onnx" in p.name for p in (ws.root / "compress").iterdir())

@@ -1,14 +1,17 @@
 """What compression buys and costs: size, CPU latency and accuracy, measured the same way for
 every variant.
 
-Size is the serialized weights: the bytes of `model.safetensors` in the model folder. A float
-folder stores float32 matrices; an int8 folder stores int8 matrices plus their scale and zero
-point (see `lmforge.models.export`), so both numbers are what a deployment ships and loads.
+Size is the serialized weights: the bytes of `model.safetensors` in the model folder (of
+`model.onnx` in an ONNX export). A float folder stores float32 matrices; an int8 folder stores
+int8 matrices plus their scale and zero point (see `lmforge.models.export`), so both numbers
+are what a deployment ships and loads.
 `state_dict_bytes` cross-checks it in memory: every tensor of the live model's state_dict, a
 quantised weight counted at one byte per element plus its scales and zero points.
 
-Latency is end to end (tokenise + forward + softmax) through `TextClassifier.predict_proba`,
-the median of `repeats` timed calls after warmup, with torch pinned to a fixed thread count.
+Latency is end to end (tokenise + forward + softmax) through `predict_proba` (of a
+`TextClassifier` or an ONNX Runtime backend), the median of `repeats` timed calls after
+warmup, with torch pinned to a fixed thread count (an ONNX Runtime session gets its count
+when it is created).
 Variants are timed in turn on the same batches, so drift on a shared machine (another
 process, CPU frequency) hits them alike instead of favouring whichever ran first.
 """
@@ -31,8 +34,13 @@ WARMUP_CALLS = 3
 
 
 def file_size_mb(model_dir: str | Path) -> float:
-    """Serialized weights of a model folder: the size of its `model.safetensors`, in MB."""
-    return (Path(model_dir) / "model.safetensors").stat().st_size / BYTES_PER_MB
+    """Serialized weights of a model folder, in MB: its `model.safetensors`, or the
+    `model.onnx` of an ONNX export (weights plus a graph of a few kB)."""
+    model_dir = Path(model_dir)
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file() and (model_dir / "model.onnx").is_file():
+        weights = model_dir / "model.onnx"
+    return weights.stat().st_size / BYTES_PER_MB
 
 
 def state_dict_bytes(model: torch.nn.Module) -> int:
