@@ -289,9 +289,10 @@ class BatchingConfig(Section):
 
     max_batch_size: int = Field(32, ge=1, description="Most texts merged into one model call.")
     max_queue_delay_ms: float = Field(
-        2.0,
+        0.0,
         ge=0.0,
-        description="How long the first queued request waits for others to fill a batch.",
+        description="How long the first queued request waits for others to fill a batch. "
+        "0: never wait; requests that arrive while the model is busy are still merged.",
     )
     max_queue_texts: int = Field(
         512, ge=1, description="Texts waiting per model version; beyond it requests get 429."
