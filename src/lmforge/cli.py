@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from lmforge.config import RunConfig, config_schema, dump_config, load_config
+from lmforge.deploy.k8s import deploy_app
 from lmforge.errors import ConfigError, InputDataError, LmforgeError, StageError
 from lmforge.pipeline import STAGE_NAMES, run_pipeline, run_stage, stage_spec
 from lmforge.serve.keys_cli import keys_app
@@ -47,6 +48,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 app.add_typer(registry_app, name="registry")
 app.add_typer(keys_app, name="keys")
+app.add_typer(deploy_app, name="deploy")
 
 ConfigArg = Annotated[
     Path | None, typer.Argument(help="Run config (YAML). Default: built-in defaults.")

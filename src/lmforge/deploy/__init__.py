@@ -1,0 +1,1 @@
+"""Deployment targets beyond one machine: Kubernetes manifests (`lmforge deploy k8s`)."""
