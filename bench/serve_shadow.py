@@ -1,0 +1,385 @@
+"""Shadow traffic overhead: live p99 with a `shadow` alias mirrored vs without, same load.
+
+    python bench/serve_shadow.py                      # builds demo-shaped v1 + v2 models
+    python bench/serve_shadow.py --round-s 30 --rounds 3
+    python bench/serve_shadow.py --quick              # a smoke run of a minute or so
+
+One `lmforge serve` child process (prediction cache off, so every request reaches the model),
+one registry copy holding v1 (production) and v2 (a second random init of the same shape):
+
+1. capacity C: the highest open-loop rate with p99 <= --p99-ms, success >= 99.9 % and the
+   server keeping up (`lmforge.bench.capacity.find_capacity`), with no shadow alias;
+2. a warm-up with the shadow on (its engine's first calls are not measured);
+3. rounds of --round-s seconds at --load-fraction x C (70 %), alternating shadow OFF and ON,
+   --rounds of each, in pairs OFF ON | ON OFF | ... so that a slow drift of the machine hits
+   both arms alike. Every round sends the same Poisson schedule (same seed) and the same texts.
+   The shadow is toggled through the registry (`shadow` alias -> v2, then removed), and a round
+   starts only after GET /v1/models shows the server picked the change up.
+
+Latency is measured from each request's scheduled send time (open loop, no coordinated
+omission). Per arm the rounds are pooled: p50/p99 of all their requests. Prints one JSON
+object on stdout: the capacity, both arms, the p99 increase (target <= 5 %), and the shadow's
+compared / dropped / failed copies (deltas of `lmforge_shadow_total` on GET /metrics);
+progress goes to stderr. The load generator runs in this process and shares the cores with
+the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lmforge.bench.capacity import find_capacity, open_loop_measure, stderr_log
+from lmforge.bench.openloop import OpenLoopResult, run_open_loop_sync
+from lmforge.bench.server_process import ServerProcess
+from lmforge.bench.serving_setup import (
+    DEMO_MODEL_NAME,
+    build_demo_registry,
+    request_texts,
+    write_serve_config,
+)
+from lmforge.config import ServeConfig
+from lmforge.registry import ModelRegistry, RegistryError
+
+TARGET_P99_INCREASE_PCT = 5.0
+PICKUP_TIMEOUT_S = 60.0  # first shadow enable loads v2: seconds on a busy machine
+DRAIN_TIMEOUT_S = 15.0
+POLL_S = 0.05
+SHADOW_METRIC = re.compile(
+    r'^lmforge_shadow_total\{(?=[^}]*model="(?P<model>[^"]*)")(?=[^}]*outcome="(?P<outcome>[^"]*)")'
+    r"[^}]*\}\s+(?P<value>\S+)$"
+)
+OUTCOMES = ("compared", "dropped", "failed")
+QUICK = {"round_s": 3.0, "trial_s": 1.5, "warmup_s": 1.0, "settle_s": 0.5, "max_trials": 5}
+
+
+def log(message: str) -> None:
+    stderr_log(message)
+
+
+# -- registry ----------------------------------------------------------------------------------
+def prepare_registry(
+    args: argparse.Namespace, tmp: Path, texts: list[str]
+) -> tuple[Path, str, dict[str, Any]]:
+    """A registry this run may change (aliases move): a copy of --registry, or a built one."""
+    if args.registry is not None:
+        target = tmp / "registry"
+        # A copy: the benchmark moves aliases, and must never touch the user's production.
+        shutil.copytree(args.registry, target)
+        name = ModelRegistry(target, create=False).resolve(args.model, "production").name
+        return target, name, {"kind": "registry", "registry": str(args.registry)}
+    log(f"building a demo-shaped model (preset {args.preset}) ...")
+    began = time.perf_counter()
+    info = build_demo_registry(tmp, texts, args.preset)
+    log(f"  built in {time.perf_counter() - began:.1f} s")
+    return tmp / "registry", DEMO_MODEL_NAME, info
+
+
+def add_candidate(registry_dir: Path, name: str, seed: int = 1) -> int:
+    """Register a second random init of the production model's shape; its version number."""
+    import torch
+
+    from lmforge.models.encoder import EncoderClassifier
+    from lmforge.models.export import load_model_dir, save_model_dir
+
+    registry = ModelRegistry(registry_dir, create=False)
+    production = registry.resolve(name, "production")
+    model, tokenizer, config = load_model_dir(production.path, quantization=None)
+    torch.manual_seed(seed)
+    fresh = EncoderClassifier(model.config).eval()
+    folder = save_model_dir(
+        registry_dir.parent / f"candidate-seed{seed}", fresh, tokenizer, list(config["labels"])
+    )
+    tags = {"bench": "candidate", "seed": seed}
+    return registry.register(name, folder, metrics={}, tags=tags).version
+
+
+# -- server state ------------------------------------------------------------------------------
+def served_shadow(client: httpx.Client, url: str, name: str) -> int | None:
+    """The version the server mirrors to right now (None: no shadow)."""
+    for model in client.get(url + "/v1/models").json()["models"]:
+        if model["name"] == name:
+            return model.get("shadow")
+    raise RegistryError(f"the server does not serve {name!r}")
+
+
+def set_shadow(
+    client: httpx.Client, url: str, registry: ModelRegistry, name: str, version: int | None
+) -> float:
+    """Point (or remove) the shadow alias; wait until the server shows it; seconds it took."""
+    began = time.perf_counter()
+    if version is None:
+        with contextlib.suppress(RegistryError):  # already off
+            registry.remove_alias(name, "shadow")
+    else:
+        registry.set_alias(name, "shadow", version)
+    deadline = began + PICKUP_TIMEOUT_S
+    while served_shadow(client, url, name) != version:  # bounded by the deadline below
+        if time.perf_counter() > deadline:
+            raise TimeoutError(
+                f"the server did not pick up shadow -> {version} within {PICKUP_TIMEOUT_S:.0f} s"
+            )
+        time.sleep(POLL_S)
+    return time.perf_counter() - began
+
+
+def shadow_counts(client: httpx.Client, url: str, name: str) -> dict[str, float]:
+    """`lmforge_shadow_total{model=name}` by outcome, from GET /metrics (0 when absent)."""
+    counts = dict.fromkeys(OUTCOMES, 0.0)
+    for line in client.get(url + "/metrics").text.splitlines():
+        match = SHADOW_METRIC.match(line)
+        if match and match["model"] == name and match["outcome"] in counts:
+            counts[match["outcome"]] = float(match["value"])
+    return counts
+
+
+def wait_shadow_drained(
+    client: httpx.Client, url: str, name: str, before: dict[str, float], copies: int
+) -> dict[str, int]:
+    """Wait until every mirrored copy of the round is accounted for; the round's deltas.
+
+    Each successful live request submits exactly one copy (sample 1.0), which ends compared,
+    dropped or failed; the queue may still hold some when the round's load stops.
+    """
+    deadline = time.perf_counter() + DRAIN_TIMEOUT_S
+    while True:  # bounded by the deadline
+        now = shadow_counts(client, url, name)
+        delta = {k: round(now[k] - before[k]) for k in OUTCOMES}
+        if sum(delta.values()) >= copies or time.perf_counter() > deadline:
+            return delta
+        time.sleep(POLL_S * 4)
+
+
+# -- load --------------------------------------------------------------------------------------
+def search_capacity(url: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    measure = open_loop_measure(
+        url,
+        texts,
+        args.trial_s,
+        log=log,
+        connections=args.connections,
+        timeout_s=args.timeout_s,
+        arrival="poisson",
+        seed=args.seed,
+    )
+    began = time.perf_counter()
+    found = find_capacity(
+        measure,
+        p99_limit_s=args.p99_ms / 1000.0,
+        start_rate=args.start_rate,
+        max_rate=args.max_rate,
+        rel_tolerance=args.rel_tolerance,
+        max_trials=args.max_trials,
+    )
+    if found.rate <= 0:
+        raise SystemExit(
+            f"no trial met p99 <= {args.p99_ms} ms even at the lowest rate tried; "
+            "lower --start-rate or raise --p99-ms"
+        )
+    log(f"capacity {found.rate:.1f} req/s (first failing rate {found.lowest_fail})")
+    return {
+        "requests_per_s": round(found.rate, 1),
+        **{k: v for k, v in found.summary().items() if k != "rate"},
+        "search_s": round(time.perf_counter() - began, 1),
+    }
+
+
+def merge(results: list[OpenLoopResult]) -> OpenLoopResult:
+    """Pool several runs at one rate into one result (counts summed, latencies joined)."""
+    out = OpenLoopResult(rate=results[0].rate, duration_s=0.0)
+    out.connections, out.arrival = results[0].connections, results[0].arrival
+    for r in results:
+        out.duration_s += r.duration_s
+        out.elapsed_s += r.elapsed_s
+        out.scheduled += r.scheduled
+        out.sent += r.sent
+        out.ok += r.ok
+        out.failed += r.failed
+        out.late_sends += r.late_sends
+        out.queued_sends += r.queued_sends
+        out.max_dispatch_lag_s = max(out.max_dispatch_lag_s, r.max_dispatch_lag_s)
+        out.latencies_s.extend(r.latencies_s)
+        for key, n in r.failures.items():
+            out.failures[key] = out.failures.get(key, 0) + n
+    return out
+
+
+def round_order(rounds: int) -> list[str]:
+    """OFF ON | ON OFF | OFF ON ...: alternating, each arm first in half of the pairs."""
+    return [arm for i in range(rounds) for arm in (("off", "on") if i % 2 == 0 else ("on", "off"))]
+
+
+def increase_pct(on: float | None, off: float | None) -> float | None:
+    if on is None or off is None or not off > 0 or math.isnan(on) or math.isnan(off):
+        return None
+    return round((on - off) / off * 100.0, 2)
+
+
+def run_rounds(
+    url: str,
+    texts: list[str],
+    registry: ModelRegistry,
+    name: str,
+    candidate: int,
+    rate: float,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    load_kw = {"connections": args.connections, "timeout_s": args.timeout_s, "seed": args.seed}
+    arms: dict[str, list[OpenLoopResult]] = {"off": [], "on": []}
+    rounds: list[dict[str, Any]] = []
+    shadow_total = dict.fromkeys(OUTCOMES, 0)
+    with httpx.Client(timeout=10.0, trust_env=False) as client:
+        if args.warmup_s > 0:  # the shadow engine's first calls (allocations) are not measured
+            took = set_shadow(client, url, registry, name, candidate)
+            log(f"shadow on (picked up in {took:.2f} s); warm-up {args.warmup_s:.0f} s ...")
+            run_open_loop_sync(url, rate, args.warmup_s, texts, **load_kw)
+        state: int | None = -1  # unknown: the first round sets it
+        for i, arm in enumerate(round_order(args.rounds)):
+            wanted = candidate if arm == "on" else None
+            pickup = None
+            if wanted != state:
+                pickup = set_shadow(client, url, registry, name, wanted)
+                state = wanted
+            time.sleep(args.settle_s)  # let the previous round's shadow backlog clear
+            before = shadow_counts(client, url, name)
+            result = run_open_loop_sync(url, rate, args.round_s, texts, **load_kw)
+            arms[arm].append(result)
+            copies = wait_shadow_drained(client, url, name, before, result.ok if wanted else 0)
+            for key in OUTCOMES:
+                shadow_total[key] += copies[key] if arm == "on" else 0
+            s = result.summary()
+            log(
+                f"  round {i + 1} shadow {arm:3s}: p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, "
+                f"ok {s['ok']}/{s['scheduled']}, failures {s['failures']}, shadow {copies}"
+            )
+            rounds.append(
+                {
+                    "round": i + 1,
+                    "shadow": arm,
+                    "pickup_s": None if pickup is None else round(pickup, 3),
+                    **{k: s[k] for k in ("scheduled", "ok", "failed", "success", "failures")},
+                    **{k: s[k] for k in ("p50_ms", "p99_ms", "max_ms", "late_sends")},
+                    "shadow_copies": copies,
+                }
+            )
+        set_shadow(client, url, registry, name, None)
+    summaries = {arm: merge(results).summary() for arm, results in arms.items()}
+    mirrored = summaries["on"]["ok"]
+    summaries["on"]["shadow"] = {
+        **shadow_total,
+        "mirrored_requests": mirrored,
+        "compared_share": round(shadow_total["compared"] / mirrored, 4) if mirrored else None,
+    }
+    return {"arms": summaries, "rounds": rounds}
+
+
+# -- command line ------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--registry", type=Path, help="copy this registry (default: build one)")
+    parser.add_argument("--model", help="model name in --registry (default: the only one)")
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    parser.add_argument("--eval", type=Path, help="parquet with a `text` column to send")
+    parser.add_argument("--p99-ms", type=float, default=100.0, help="capacity objective")
+    parser.add_argument("--rate", type=float, help="skip the capacity search: run at this rate")
+    parser.add_argument("--load-fraction", type=float, default=0.7, help="of capacity")
+    parser.add_argument("--round-s", type=float, default=20.0, help="seconds per round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per arm (>= 2)")
+    parser.add_argument("--settle-s", type=float, default=1.0, help="pause before each round")
+    parser.add_argument("--warmup-s", type=float, default=5.0, help="shadow-on warm-up load")
+    parser.add_argument("--queue-size", type=int, help="serve.shadow.queue_size (default 256)")
+    parser.add_argument("--trial-s", type=float, default=4.0, help="seconds per search trial")
+    parser.add_argument("--start-rate", type=float, default=20.0)
+    parser.add_argument("--max-rate", type=float, default=20000.0)
+    parser.add_argument("--rel-tolerance", type=float, default=0.1)
+    parser.add_argument("--max-trials", type=int, default=12)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--timeout-s", type=float, default=2.0, help="per-request timeout")
+    parser.add_argument("--seed", type=int, default=0, help="Poisson arrivals seed")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 3 s rounds, 1.5 s trials, 5 trials at most (explicit options win)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:  # shorter defaults; options given on the command line keep their values
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    if args.rounds < 1 or args.round_s <= 0 or not 0 < args.load_fraction <= 1:
+        parser.error("--rounds >= 1, --round-s > 0 and 0 < --load-fraction <= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    texts, texts_from = request_texts(args.eval)
+    with tempfile.TemporaryDirectory(prefix="lmforge-bench-shadow-") as tmp_name:
+        tmp = Path(tmp_name)
+        registry_dir, name, model_info = prepare_registry(args, tmp, texts)
+        candidate = add_candidate(registry_dir, name)
+        registry = ModelRegistry(registry_dir, create=False)
+        baseline = registry.resolve(name, "production").version
+        overrides: dict[str, Any] = {}
+        if args.queue_size is not None:
+            overrides["shadow"] = {"queue_size": args.queue_size}
+        config_path = write_serve_config(tmp / "serve.yaml", **overrides)
+        log(f"starting the server (live v{baseline}, shadow candidate v{candidate}) ...")
+        with ServerProcess(registry_dir, model=name, config_path=config_path) as server:
+            capacity = None
+            if args.rate is None:
+                run_open_loop_sync(server.url, 20.0, 2.0, texts, timeout_s=5.0)  # warm-up
+                capacity = search_capacity(server.url, texts, args)
+                rate = capacity["requests_per_s"] * args.load_fraction
+            else:
+                rate = args.rate
+            log(f"rounds at {rate:.1f} req/s, {args.round_s:.0f} s each ...")
+            load_before = [round(x, 2) for x in os.getloadavg()]
+            measured = run_rounds(server.url, texts, registry, name, candidate, rate, args)
+    off, on = measured["arms"]["off"], measured["arms"]["on"]
+    p99_increase = increase_pct(on["p99_ms"], off["p99_ms"])
+    ok = off["ok"] + on["ok"]
+    scheduled = off["scheduled"] + on["scheduled"]
+    report = {
+        "benchmark": "serve_shadow",
+        "objective": {"p99_ms": args.p99_ms, "min_success": 0.999},
+        "model": {**model_info, "name": name, "live": baseline, "shadow": candidate},
+        "texts": {"source": texts_from, "count": len(texts)},
+        "cpus": os.cpu_count(),
+        "capacity": capacity,
+        "load_fraction": None if args.rate is not None else args.load_fraction,
+        "rate": round(rate, 1),
+        "round_s": args.round_s,
+        "rounds_per_arm": args.rounds,
+        "connections": args.connections,
+        "shadow_queue_size": args.queue_size or ServeConfig().shadow.queue_size,
+        "shadow_off": off,
+        "shadow_on": on,
+        "rounds": measured["rounds"],
+        "p50_increase_pct": increase_pct(on["p50_ms"], off["p50_ms"]),
+        "p99_increase_pct": p99_increase,
+        "target_p99_increase_pct": TARGET_P99_INCREASE_PCT,
+        "meets_target": p99_increase is not None and p99_increase <= TARGET_P99_INCREASE_PCT,
+        "success": round(ok / scheduled, 6) if scheduled else None,
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
