@@ -28,191 +28,30 @@ weights: serving cost depends on the shape and the token counts, not on what was
 Request texts: --eval PARQUET (a `text` column), else real reviews from ../shared/data when
 present (SST-2 dev and waimai_10k, English and Chinese interleaved), else the built-in
 `default_texts()`. The load generator runs in this process and shares the machine's cores
-with the server: its CPU time per trial is reported (`client_cpu_s`).
+with the server: its CPU time per trial is reported (`client_cpu_s`). The setup shared with the
+other serving benchmarks (texts, model, config, the search) is `lmforge.bench.serving_setup`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from lmforge.bench.serving_setup import (
+    add_search_args,
+    prepare_model,
+    request_texts,
+    search_arm,
+    serve_section,
+    write_serve_config,
+)
 
-from lmforge.bench.capacity import find_capacity, open_loop_measure, stderr_log
-from lmforge.bench.loadgen import default_texts, load_eval_texts
-from lmforge.bench.openloop import run_open_loop_sync
-from lmforge.bench.server_process import ServerProcess
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TARGET_RATIO = 3.0
-REAL_TEXTS_PER_SET = 1000
-
-
-def log(message: str) -> None:
-    stderr_log(message)
-
-
-def request_texts(eval_path: Path | None) -> tuple[list[str], str]:
-    """The texts requests carry, and where they came from."""
-    if eval_path is not None:
-        return load_eval_texts(eval_path), str(eval_path)
-    sst2 = SHARED / "sst2" / "dev.tsv"
-    waimai = SHARED / "chinese" / "waimai_10k.csv"
-    if sst2.is_file() and waimai.is_file():
-        with sst2.open(encoding="utf-8") as f:
-            english = [row["content"] for row in csv.DictReader(f, delimiter="\t")]
-        with waimai.open(encoding="utf-8") as f:
-            chinese = [row["review"] for row in csv.DictReader(f)]
-        english = [t for t in english if t.strip()][:REAL_TEXTS_PER_SET]
-        chinese = [t for t in chinese if t.strip()][:REAL_TEXTS_PER_SET]
-        mixed = [t for pair in zip(english, chinese, strict=False) for t in pair]
-        return mixed, "shared/data: sst2/dev.tsv + chinese/waimai_10k.csv"
-    return default_texts(), "lmforge.bench.loadgen.default_texts()"
-
-
-def build_demo_registry(root: Path, texts: list[str], preset: str) -> dict[str, Any]:
-    """Register a demo-shaped, randomly initialised classifier as `demo` (production)."""
-    import torch
-
-    from lmforge.demo.reviews import LABELS
-    from lmforge.models.encoder import EncoderClassifier, encoder_config
-    from lmforge.models.export import save_model_dir
-    from lmforge.registry import ModelRegistry
-    from lmforge.text.tokenizer import train_tokenizer
-
-    tokenizer = train_tokenizer(texts, vocab_size=8000, min_frequency=1)
-    torch.manual_seed(0)
-    cfg = encoder_config(preset, tokenizer.get_vocab_size(), len(LABELS))
-    model = EncoderClassifier(cfg).eval()
-    model_dir = save_model_dir(root / "model", model, tokenizer, list(LABELS))
-    ModelRegistry(root / "registry").register("demo", model_dir, metrics={}, alias="production")
-    return {
-        "kind": "built",
-        "preset": preset,
-        "weights": "random init (seed 0)",
-        "vocab_size": tokenizer.get_vocab_size(),
-        "d_model": cfg.d_model,
-        "n_layers": cfg.n_layers,
-        "d_ff": cfg.d_ff,
-        "max_len": cfg.max_len,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-
-
-def serve_config(batch_size: int, queue_delay_ms: float, extra: dict[str, Any]) -> dict[str, Any]:
-    """The `serve` section for one arm; the cache is off so every request runs the model."""
-    serve: dict[str, Any] = {
-        "batching": {"max_batch_size": batch_size, "max_queue_delay_ms": queue_delay_ms},
-        "cache": {"kind": "none"},
-    }
-    for key, value in extra.items():
-        serve[key] = value
-    return {"serve": serve}
-
-
-def write_config(folder: Path, name: str, cfg: dict[str, Any]) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def warm_up(url: str, texts: list[str], seconds: float, connections: int) -> None:
-    """A short low-rate run, not recorded: connections, first-call allocations."""
-    if seconds > 0:
-        run_open_loop_sync(url, 20.0, seconds, texts, connections=connections, timeout_s=5.0)
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def add_search_args(parser: argparse.ArgumentParser, p99_ms: float) -> None:
-    """Options shared with serve_mean_latency.py."""
-    parser.add_argument("--registry", type=Path, help="serve this registry's production model")
-    parser.add_argument("--model", help="model name in --registry (default: the only one)")
-    parser.add_argument(
-        "--preset", default="tiny", choices=["tiny", "small"], help="shape of the built model"
-    )
-    parser.add_argument("--eval", type=Path, help="parquet with a `text` column to send")
-    parser.add_argument("--p99-ms", type=float, default=p99_ms, help="latency objective")
-    parser.add_argument("--trial-s", type=float, default=4.0, help="seconds per search trial")
-    parser.add_argument("--warmup-s", type=float, default=2.0, help="unrecorded load first")
-    parser.add_argument("--start-rate", type=float, default=20.0)
-    parser.add_argument("--max-rate", type=float, default=20000.0)
-    parser.add_argument("--rel-tolerance", type=float, default=0.1)
-    parser.add_argument("--max-trials", type=int, default=12)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--texts-per-request", type=int, default=1)
-    parser.add_argument("--timeout-s", type=float, default=2.0, help="per-request timeout")
-    parser.add_argument("--seed", type=int, default=0, help="Poisson arrivals seed")
-    parser.add_argument(
-        "--min-requests",
-        type=int,
-        default=300,
-        help="lengthen low-rate trials to hold this many requests (up to 3x --trial-s)",
-    )
-
-
-def prepare_model(args: argparse.Namespace, tmp: Path, texts: list[str]) -> tuple[Path, dict]:
-    if args.registry is not None:
-        return args.registry, {"kind": "registry", "registry": str(args.registry)}
-    log(f"building a demo-shaped model (preset {args.preset}) ...")
-    began = time.perf_counter()
-    info = build_demo_registry(tmp, texts, args.preset)
-    log(f"  built in {time.perf_counter() - began:.1f} s: {info}")
-    return tmp / "registry", info
-
-
-def search_arm(
-    name: str,
-    registry: Path,
-    config_path: Path,
-    args: argparse.Namespace,
-    texts: list[str],
-) -> dict[str, Any]:
-    """Start the server with `config_path`, find its capacity, stop it."""
-    log(f"[{name}] starting the server ({config_path.name}) ...")
-    with ServerProcess(registry, model=args.model, config_path=config_path) as server:
-        warm_up(server.url, texts, args.warmup_s, args.connections)
-        measure = open_loop_measure(
-            server.url,
-            texts,
-            args.trial_s,
-            min_requests=args.min_requests,
-            log=log,
-            texts_per_request=args.texts_per_request,
-            connections=args.connections,
-            timeout_s=args.timeout_s,
-            arrival="poisson",
-            seed=args.seed,
-        )
-        load_before = load_average()
-        began = time.perf_counter()
-        found = find_capacity(
-            measure,
-            p99_limit_s=args.p99_ms / 1000.0,
-            start_rate=args.start_rate,
-            max_rate=args.max_rate,
-            rel_tolerance=args.rel_tolerance,
-            max_trials=args.max_trials,
-            confirm_failures=args.confirm_failures,
-        )
-        log(f"[{name}] capacity {found.rate:.1f} req/s (first failing rate {found.lowest_fail})")
-        return {
-            "requests_per_s": round(found.rate, 1),
-            "texts_per_s": round(found.rate * args.texts_per_request, 1),
-            **{k: v for k, v in found.summary().items() if k != "rate"},
-            "search_s": round(time.perf_counter() - began, 1),
-            "load_average_before": load_before,
-            "load_average_after": load_average(),
-        }
 
 
 def main() -> None:
@@ -230,13 +69,18 @@ def main() -> None:
         tmp = Path(tmp_name)
         registry, model_info = prepare_model(args, tmp, texts)
         arms = {
-            "batching_on": serve_config(args.batch_size, args.queue_delay_ms, {}),
-            "batching_off": serve_config(1, 0.0, {}),
+            "batching_on": {
+                "max_batch_size": args.batch_size,
+                "max_queue_delay_ms": args.queue_delay_ms,
+            },
+            "batching_off": {"max_batch_size": 1, "max_queue_delay_ms": 0.0},
         }
-        results = {}
-        for name, cfg in arms.items():
-            results[name] = search_arm(name, registry, write_config(tmp, name, cfg), args, texts)
-            results[name]["serve_config"] = cfg["serve"]
+        results: dict[str, dict[str, Any]] = {}
+        for name, batching in arms.items():
+            section = serve_section(batching=batching)
+            config_path = write_serve_config(tmp / f"{name}.yaml", **section)
+            results[name] = search_arm(name, registry, config_path, args, texts)
+            results[name]["serve_config"] = section
     on = results["batching_on"]["requests_per_s"]
     off = results["batching_off"]["requests_per_s"]
     ratio = round(on / off, 2) if off > 0 else None

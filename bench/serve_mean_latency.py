@@ -15,7 +15,8 @@ Starts `lmforge serve` once (child process, temp YAML config: dynamic batching o
 
 Target: mean < 120 ms on 2 cores. Model and request texts as in bench/serve_batching.py
 (--registry, else a demo-shaped random-init model built in seconds; real reviews from
-../shared/data when present). Prints one JSON object on stdout; progress on stderr.
+../shared/data when present), both set up by `lmforge.bench.serving_setup`. Prints one JSON
+object on stdout; progress on stderr.
 """
 
 from __future__ import annotations
@@ -23,25 +24,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from lmforge.bench.capacity import find_capacity, open_loop_measure, stderr_log
+from lmforge.bench.capacity import stderr_log
 from lmforge.bench.openloop import run_open_loop_sync
 from lmforge.bench.server_process import ServerProcess
-
-# bench/ is a folder of scripts, not a package: share serve_batching.py's helpers by path.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_batching import (
+from lmforge.bench.serving_setup import (
     add_search_args,
+    capacity_search,
     load_average,
+    open_loop_options,
     prepare_model,
     request_texts,
-    serve_config,
+    serve_section,
     warm_up,
-    write_config,
+    write_serve_config,
 )
 
 TARGET_MEAN_MS = 120.0
@@ -66,37 +65,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-latency-") as tmp_name:
         tmp = Path(tmp_name)
         registry, model_info = prepare_model(args, tmp, texts)
-        cfg = serve_config(args.batch_size, args.queue_delay_ms, {})
-        config_path = write_config(tmp, "serve", cfg)
-        stderr_log(f"starting the server with {cfg['serve']} ...")
+        section = serve_section(
+            batching={"max_batch_size": args.batch_size, "max_queue_delay_ms": args.queue_delay_ms}
+        )
+        config_path = write_serve_config(tmp / "serve.yaml", **section)
+        stderr_log(f"starting the server with {section} ...")
         with ServerProcess(registry, model=args.model, config_path=config_path) as server:
-            warm_up(server.url, texts, args.warmup_s, args.connections)
-            open_loop = {
-                "texts_per_request": args.texts_per_request,
-                "connections": args.connections,
-                "timeout_s": args.timeout_s,
-                "arrival": "poisson",
-            }
+            warm_up(server.url, texts, args.warmup_s, connections=args.connections)
             capacity = None
             if args.rate is None:
                 stderr_log(f"capacity search (p99 <= {args.p99_ms} ms) ...")
-                found = find_capacity(
-                    open_loop_measure(
-                        server.url,
-                        texts,
-                        args.trial_s,
-                        min_requests=args.min_requests,
-                        log=stderr_log,
-                        seed=args.seed,
-                        **open_loop,
-                    ),
-                    p99_limit_s=args.p99_ms / 1000.0,
-                    start_rate=args.start_rate,
-                    max_rate=args.max_rate,
-                    rel_tolerance=args.rel_tolerance,
-                    max_trials=args.max_trials,
-                    confirm_failures=args.confirm_failures,
-                )
+                found = capacity_search(server.url, texts, args)
                 capacity = found.summary()
                 rate = found.rate * args.fraction
                 if rate <= 0:
@@ -108,9 +87,9 @@ def main() -> None:
                 stderr_log(f"running {rate:.1f} req/s for {args.duration:.0f} s ...")
                 time.sleep(1.0)  # let a backlog from the search drain
                 load_before = load_average()
-                result = run_open_loop_sync(
-                    server.url, rate, args.duration, texts, seed=args.seed + 1, **open_loop
-                )
+                # Another seed than the search's: the run is not a replay of a trial.
+                load = open_loop_options(args, seed=args.seed + 1)
+                result = run_open_loop_sync(server.url, rate, args.duration, texts, **load)
                 steady = {
                     **result.summary(),
                     "load_average_before": load_before,
@@ -127,7 +106,7 @@ def main() -> None:
                 "benchmark": "serve_mean_latency",
                 "model": model_info,
                 "texts": {"source": texts_from, "count": len(texts)},
-                "serve_config": cfg["serve"],
+                "serve_config": section,
                 "cpus": os.cpu_count(),
                 "search_objective": {"p99_ms": args.p99_ms, "min_success": 0.999},
                 "capacity": capacity,

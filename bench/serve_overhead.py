@@ -71,15 +71,21 @@ from typing import IO, Any
 
 from pydantic import BaseModel
 
-from lmforge.bench.capacity import find_capacity, open_loop_measure, stderr_log
+from lmforge.bench.capacity import stderr_log
 from lmforge.bench.http1 import Http1Connection
 from lmforge.bench.openloop import OpenLoopResult, run_on_fast_loop, run_open_loop_sync
 from lmforge.bench.server_process import ServerProcess, ServerStartError, free_port
 from lmforge.bench.serving_setup import (
+    add_capacity_args,
+    add_model_args,
     bench_env,
-    build_demo_registry,
+    capacity_search,
+    load_average,
+    open_loop_options,
+    prepare_model,
     production_model_dir,
     request_texts,
+    warm_up,
     write_serve_config,
 )
 from lmforge.bench.stats import percentile
@@ -99,10 +105,6 @@ ARMS_HTTP = ("lmforge", "fastapi", "ray_serve")
 
 def log(message: str) -> None:
     stderr_log(f"[{time.strftime('%H:%M:%S')}] {message}")
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def default_threads() -> int:
@@ -586,36 +588,14 @@ def overhead_breakdown(latency: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _open_loop_kw(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "path": PATH,
-        "connections": args.connections,
-        "timeout_s": args.timeout_s,
-        "arrival": "poisson",
-        "seed": args.seed,
-    }
-
-
-def warm_up(url: str, texts: list[str], args: argparse.Namespace) -> None:
-    """Low-rate load, not recorded: opens the generator's connections, first-call paths."""
-    if args.warmup_s > 0:
-        run_open_loop_sync(url, 20.0, args.warmup_s, texts, **_open_loop_kw(args))
+    return open_loop_options(args, path=PATH)
 
 
 def search_capacity(name: str, url: str, texts: list[str], args: argparse.Namespace) -> dict:
     log(f"[{name}] capacity search (p99 <= {args.p99_ms:g} ms, {args.trial_s:g} s trials)")
-    warm_up(url, texts, args)
-    measure = open_loop_measure(
-        url, texts, args.trial_s, settle_s=SETTLE_S, log=log, **_open_loop_kw(args)
-    )
+    warm_up(url, texts, args.warmup_s, **_open_loop_kw(args))
     began = time.perf_counter()
-    found = find_capacity(
-        measure,
-        p99_limit_s=args.p99_ms / 1000.0,
-        start_rate=args.start_rate,
-        max_rate=args.max_rate,
-        rel_tolerance=args.rel_tolerance,
-        max_trials=args.max_trials,
-    )
+    found = capacity_search(url, texts, args, log=log, path=PATH, settle_s=SETTLE_S)
     summary = found.summary()
     at_rate = next((s for rate, s, ok in found.trials if ok and rate == found.rate), None)
     log(f"[{name}] capacity {found.rate:.1f} req/s (first failing rate {found.lowest_fail})")
@@ -771,13 +751,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-overhead-") as tmp_name:
         tmp = Path(tmp_name)
-        if args.registry is not None:
-            registry = args.registry
-            model_info: dict[str, Any] = {"kind": "registry", "registry": str(registry)}
-        else:
-            log(f"building a demo-shaped model (preset {args.preset}) ...")
-            model_info = build_demo_registry(tmp, texts, args.preset)
-            registry = tmp / "registry"
+        registry, model_info = prepare_model(args, tmp, texts, log=log)
         model_dir = production_model_dir(registry, args.model)
         # lmforge's defaults but for the cache (off) and the thread count (shared by all arms).
         config_path = write_serve_config(tmp / "lmforge.yaml", backend={"threads": args.threads})
@@ -799,7 +773,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rate = max(2.5 * best, 200.0) if best > 0 else 2000.0
             loads["saturation"] = load_average()
             for name in ARMS_HTTP:
-                warm_up(urls[name], texts, args)
+                warm_up(urls[name], texts, args.warmup_s, **_open_loop_kw(args))
             saturation = measure_saturation(urls, texts, rate, args)
     per_arm: dict[str, Any] = {"bare": {"sequential": latency["bare"]}}
     for name in ARMS_HTTP:
@@ -915,30 +889,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.add_argument("--quick", action="store_true", help="short smoke run (~1-2 minutes)")
-    parser.add_argument("--registry", type=Path, help="serve this registry's production model")
-    parser.add_argument("--model", help="model name in --registry (default: the only one)")
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "small"])
-    parser.add_argument("--eval", type=Path, help="parquet with a `text` column to send")
+    add_model_args(parser)
     parser.add_argument(
         "--threads", type=int, default=default_threads(), help="torch threads, every arm"
     )
-    parser.add_argument("--trial-s", type=float, default=4.0, help="seconds per load trial")
-    parser.add_argument("--warmup-s", type=float, default=2.0, help="unrecorded load first")
+    # --trial-s also sets the saturation trials' length.
+    add_capacity_args(parser, p99_ms=100.0, start_rate=50.0, max_trials=10)
     parser.add_argument("--latency-requests", type=int, default=2000, help="per arm")
     parser.add_argument("--rounds", type=int, default=40, help="latency rounds (arms rotate)")
     parser.add_argument("--latency-warmup", type=int, default=50, help="requests per arm")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the in-process apps")
     parser.add_argument("--no-capacity", action="store_true", help="skip the capacity searches")
-    parser.add_argument("--p99-ms", type=float, default=100.0, help="capacity objective")
-    parser.add_argument("--start-rate", type=float, default=50.0)
-    parser.add_argument("--max-rate", type=float, default=20000.0)
-    parser.add_argument("--rel-tolerance", type=float, default=0.1)
-    parser.add_argument("--max-trials", type=int, default=10, help="per capacity search")
     parser.add_argument("--saturation-rate", type=float, help="default: 2.5 x best capacity")
     parser.add_argument("--saturation-rounds", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--timeout-s", type=float, default=2.0, help="per-request timeout")
-    parser.add_argument("--seed", type=int, default=0, help="Poisson arrivals seed")
     parser.add_argument("--ray-num-cpus", type=int, default=2, help="ray.init(num_cpus=...)")
     parser.add_argument("--ray-max-ongoing", type=int, default=2 * RAY_BATCH_SIZE)
     # Internal: this script re-run as the FastAPI or Ray Serve server.

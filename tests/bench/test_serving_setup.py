@@ -1,19 +1,39 @@
+import argparse
+import importlib.util
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import lmforge.bench.serving_setup as setup
 from lmforge.bench.loadgen import default_texts
 from lmforge.bench.serving_setup import (
     THREAD_ENV_VARS,
+    WARMUP_TIMEOUT_S,
+    add_capacity_args,
+    add_model_args,
+    add_search_args,
     bench_env,
     build_demo_registry,
+    capacity_search,
+    load_average,
+    open_loop_options,
+    prepare_model,
     production_model_dir,
     request_texts,
+    search_arm,
     serve_section,
+    warm_up,
     write_serve_config,
 )
 from lmforge.config import ServeConfig, load_config
 from lmforge.errors import ConfigError
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _write_shared(folder, english, chinese):
@@ -101,3 +121,227 @@ def test_bench_env_caps_every_pool():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError):
             bench_env(bad)
+
+
+def test_load_average_is_three_rounded_numbers():
+    loads = load_average()
+    assert len(loads) == 3
+    assert all(x >= 0 and round(x, 2) == x for x in loads)
+
+
+# -- command-line options ----------------------------------------------------------------------
+def test_add_search_args_defaults():
+    parser = argparse.ArgumentParser()
+    add_search_args(parser, p99_ms=250.0)
+    args = parser.parse_args([])
+    assert vars(args) == {
+        "registry": None,
+        "model": None,
+        "preset": "tiny",
+        "eval": None,
+        "p99_ms": 250.0,
+        "trial_s": 4.0,
+        "warmup_s": 2.0,
+        "start_rate": 20.0,
+        "max_rate": 20000.0,
+        "rel_tolerance": 0.1,
+        "max_trials": 12,
+        "connections": 64,
+        "timeout_s": 2.0,
+        "seed": 0,
+        "texts_per_request": 1,
+        "min_requests": 300,
+    }
+    args = parser.parse_args(["--registry", "r", "--preset", "small", "--texts-per-request", "4"])
+    assert args.registry == Path("r") and args.preset == "small" and args.texts_per_request == 4
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--preset", "huge"])
+
+
+def test_capacity_args_take_per_script_defaults_without_the_request_options():
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    add_capacity_args(parser, p99_ms=100.0, start_rate=50.0, max_trials=10)
+    args = parser.parse_args([])
+    assert (args.p99_ms, args.start_rate, args.max_trials) == (100.0, 50.0, 10)
+    assert not hasattr(args, "texts_per_request") and not hasattr(args, "min_requests")
+
+
+def _search_args(**overrides) -> argparse.Namespace:
+    """add_search_args' defaults, with a tiny search: a couple of sub-second trials."""
+    parser = argparse.ArgumentParser()
+    add_search_args(parser, p99_ms=5000.0)  # loose: must pass on a crowded test machine
+    args = parser.parse_args([])
+    small = {
+        "trial_s": 0.4,
+        "warmup_s": 0.3,
+        "start_rate": 5.0,
+        "max_rate": 10.0,
+        "max_trials": 2,
+        "connections": 2,
+        "timeout_s": 5.0,
+        "min_requests": 0,
+    }
+    for key, value in {**small, **overrides}.items():
+        setattr(args, key, value)
+    return args
+
+
+def test_open_loop_options_from_the_args():
+    args = _search_args(texts_per_request=2, seed=7)
+    assert open_loop_options(args) == {
+        "connections": 2,
+        "timeout_s": 5.0,
+        "arrival": "poisson",
+        "seed": 7,
+        "texts_per_request": 2,
+    }
+    # Extra keywords win; a script without --texts-per-request sends the generator's default.
+    no_tpr = argparse.Namespace(connections=8, timeout_s=1.0, seed=0)
+    assert open_loop_options(no_tpr, path="/x", seed=3) == {
+        "connections": 8,
+        "timeout_s": 1.0,
+        "arrival": "poisson",
+        "seed": 3,
+        "path": "/x",
+    }
+
+
+# -- model and load ----------------------------------------------------------------------------
+def test_prepare_model_uses_the_given_registry(tmp_path):
+    args = argparse.Namespace(registry=tmp_path / "reg", preset="tiny")
+    logged: list[str] = []
+    registry, info = prepare_model(args, tmp_path / "tmp", ["a"], log=logged.append)
+    assert registry == tmp_path / "reg"
+    assert info == {"kind": "registry", "registry": str(tmp_path / "reg")}
+    assert logged == [] and not (tmp_path / "tmp").exists()  # nothing built
+
+
+def test_prepare_model_builds_a_demo_model_without_a_registry(tmp_path, monkeypatch):
+    built: list[tuple] = []
+
+    def fake_build(root, texts, preset):
+        built.append((root, texts, preset))
+        return {"kind": "built", "preset": preset}
+
+    monkeypatch.setattr(setup, "build_demo_registry", fake_build)
+    logged: list[str] = []
+    args = argparse.Namespace(registry=None, preset="small")
+    registry, info = prepare_model(args, tmp_path, ["x", "y"], log=logged.append)
+    assert built == [(tmp_path, ["x", "y"], "small")]
+    assert registry == tmp_path / "registry" and info == {"kind": "built", "preset": "small"}
+    assert "preset small" in logged[0] and "built in" in logged[1]
+
+
+def _spy_open_loop(monkeypatch) -> list[tuple]:
+    """Record every run_open_loop_sync call serving_setup makes, and still make it."""
+    calls: list[tuple] = []
+    real = setup.run_open_loop_sync
+
+    def spy(url, rate, seconds, texts, **kw):
+        calls.append((rate, seconds, kw))
+        return real(url, rate, seconds, texts, **kw)
+
+    monkeypatch.setattr(setup, "run_open_loop_sync", spy)
+    return calls
+
+
+def test_warm_up_sends_unrecorded_low_rate_load(live_url, monkeypatch):
+    calls = _spy_open_loop(monkeypatch)
+    warm_up(live_url, default_texts(), 0.0)  # no warm-up asked: nothing sent
+    assert calls == []
+    warm_up(live_url, default_texts(), 0.3, connections=2)
+    assert calls == [(setup.WARMUP_RATE, 0.3, {"timeout_s": WARMUP_TIMEOUT_S, "connections": 2})]
+    warm_up(live_url, default_texts(), 0.3, connections=2, timeout_s=1.0, path="/v1/predict")
+    assert calls[1][2]["timeout_s"] == 1.0  # the caller's timeout wins
+
+
+def test_capacity_search_against_a_live_server(live_url):
+    args = _search_args()
+    logged: list[str] = []
+    found = capacity_search(live_url, default_texts(), args, log=logged.append, settle_s=0.05)
+    # 5/s passes, then 10/s (the cap) passes: the whole search is two short trials.
+    assert found.rate == 10.0 and found.capped and len(found.trials) == 2
+    assert all(passed for _, _, passed in found.trials)
+    assert len(logged) == 2 and "achieved" in logged[0]
+
+
+def test_capacity_search_reads_every_option(monkeypatch):
+    seen: dict[str, dict] = {}
+
+    def fake_measure(url, texts, trial_s, **kw):
+        seen["measure"] = {"url": url, "trial_s": trial_s, **kw}
+        return "measure"
+
+    def fake_find(measure, **kw):
+        seen["find"] = {"measure": measure, **kw}
+        return "found"
+
+    monkeypatch.setattr(setup, "open_loop_measure", fake_measure)
+    monkeypatch.setattr(setup, "find_capacity", fake_find)
+    args = _search_args(min_requests=300, texts_per_request=3, confirm_failures=1, p99_ms=250.0)
+    assert capacity_search("http://h", ["t"], args, path="/p") == "found"
+    measure, find = seen["measure"], seen["find"]
+    assert measure["trial_s"] == 0.4 and measure["min_requests"] == 300
+    assert measure["texts_per_request"] == 3 and measure["path"] == "/p"
+    assert measure["arrival"] == "poisson" and measure["connections"] == 2
+    assert find["p99_limit_s"] == 0.25 and find["confirm_failures"] == 1
+    assert (find["start_rate"], find["max_rate"], find["max_trials"]) == (5.0, 10.0, 2)
+    # A script without --min-requests / --confirm-failures: full trials, no reruns.
+    bare = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "min_requests"})
+    del bare.confirm_failures
+    capacity_search("http://h", ["t"], bare)
+    assert seen["measure"]["min_requests"] == 0 and seen["find"]["confirm_failures"] == 0
+
+
+def test_search_arm_starts_searches_and_reports(live_url, monkeypatch, tmp_path):
+    started: list[dict] = []
+
+    @contextmanager
+    def fake_server(registry, model=None, config_path=None):
+        # The live test server stands in for `lmforge serve`: no child process to start.
+        started.append({"registry": registry, "model": model, "config_path": config_path})
+        yield SimpleNamespace(url=live_url)
+
+    monkeypatch.setattr(setup, "ServerProcess", fake_server)
+    calls = _spy_open_loop(monkeypatch)
+    args = _search_args(texts_per_request=2, model="tiny")
+    config = write_serve_config(tmp_path / "arm.yaml")
+    logged: list[str] = []
+    out = search_arm("arm", tmp_path / "reg", config, args, default_texts(), log=logged.append)
+    assert started == [{"registry": tmp_path / "reg", "model": "tiny", "config_path": config}]
+    assert calls[0][:2] == (setup.WARMUP_RATE, 0.3)  # warm-up first, then the trials
+    assert out["requests_per_s"] > 0
+    assert out["texts_per_s"] == round(out["requests_per_s"] * 2, 1)
+    assert set(out) == {
+        "requests_per_s",
+        "texts_per_s",
+        "capped",
+        "lowest_fail",
+        "trials",
+        "search_s",
+        "load_average_before",
+        "load_average_after",
+    }
+    assert len(out["load_average_before"]) == 3 and len(out["trials"]) <= 2
+    assert logged[0].startswith("[arm] starting") and logged[-1].startswith("[arm] capacity")
+
+
+# -- the scripts -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["serve_batching", "serve_mean_latency", "serve_overhead"])
+def test_serving_scripts_use_the_shared_setup(name):
+    spec = importlib.util.spec_from_file_location(f"bench_setup_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    # One copy of each helper: the script's name is serving_setup's function.
+    assert module.request_texts is setup.request_texts
+    assert module.prepare_model is setup.prepare_model
+    # No bench script imports another one (bench/ is not a package).
+    source = (BENCH / f"{name}.py").read_text(encoding="utf-8")
+    assert "sys.path.insert" not in source
+    assert "from serve_" not in source and "import serve_" not in source

@@ -14,18 +14,34 @@ compare:
 
 `bench_env(threads)` gives the environment variables that cap every thread pool a server
 process may start, so arms given the same thread count really use the same parallelism.
+
+The capacity-search plumbing the scripts share lives here too, so every script searches the
+same way:
+
+- `add_model_args` / `add_capacity_args` / `add_search_args`: the common command-line options
+  (which model, which texts; the search and its open-loop load);
+- `prepare_model`: the registry from --registry, or a demo-shaped model built in a temp folder;
+- `warm_up`, `load_average`, `open_loop_options`;
+- `capacity_search`: one `find_capacity` run against a running server, settings from the
+  options; `search_arm`: start a server with a config, search it, stop it.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lmforge.bench.capacity import CapacityResult, find_capacity, open_loop_measure, stderr_log
 from lmforge.bench.loadgen import default_texts, load_eval_texts
+from lmforge.bench.openloop import run_open_loop_sync
+from lmforge.bench.server_process import ServerProcess
 from lmforge.errors import ConfigError
 
 REAL_TEXTS_PER_SET = 1000
@@ -39,6 +55,8 @@ THREAD_ENV_VARS = (
     "OPENBLAS_NUM_THREADS",
     "RAYON_NUM_THREADS",
 )
+WARMUP_RATE = 20.0  # req/s: low enough for any server, enough to open the connections
+WARMUP_TIMEOUT_S = 5.0  # first calls (allocations) may be slow; the warm-up is not recorded
 
 
 def shared_data_dir() -> Path | None:
@@ -188,3 +206,175 @@ def bench_env(threads: int) -> dict[str, str]:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads={threads!r}: use a positive whole number, e.g. 1")
     return {name: str(threads) for name in THREAD_ENV_VARS}
+
+
+def load_average() -> list[float]:
+    """The 1/5/15-minute load averages: a machine busy with other work shows up here."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# --- command-line options ----------------------------------------------------------------------
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--registry, --model, --preset, --eval: what serves and what the requests carry."""
+    parser.add_argument("--registry", type=Path, help="serve this registry's production model")
+    parser.add_argument("--model", help="model name in --registry (default: the only one)")
+    parser.add_argument(
+        "--preset", default="tiny", choices=["tiny", "small"], help="shape of the built model"
+    )
+    parser.add_argument("--eval", type=Path, help="parquet with a `text` column to send")
+
+
+def add_capacity_args(
+    parser: argparse.ArgumentParser,
+    p99_ms: float,
+    *,
+    start_rate: float = 20.0,
+    max_trials: int = 12,
+) -> None:
+    """The capacity search's options and its open-loop load's (see `capacity_search`).
+
+    The defaults that differ between scripts are parameters, so each script keeps its own.
+    """
+    parser.add_argument("--p99-ms", type=float, default=p99_ms, help="latency objective")
+    parser.add_argument("--trial-s", type=float, default=4.0, help="seconds per load trial")
+    parser.add_argument("--warmup-s", type=float, default=2.0, help="unrecorded load first")
+    parser.add_argument("--start-rate", type=float, default=start_rate)
+    parser.add_argument("--max-rate", type=float, default=20000.0)
+    parser.add_argument("--rel-tolerance", type=float, default=0.1)
+    parser.add_argument("--max-trials", type=int, default=max_trials, help="per capacity search")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--timeout-s", type=float, default=2.0, help="per-request timeout")
+    parser.add_argument("--seed", type=int, default=0, help="Poisson arrivals seed")
+
+
+def add_search_args(parser: argparse.ArgumentParser, p99_ms: float) -> None:
+    """Model options, capacity options, --texts-per-request and --min-requests."""
+    add_model_args(parser)
+    add_capacity_args(parser, p99_ms)
+    parser.add_argument("--texts-per-request", type=int, default=1)
+    parser.add_argument(
+        "--min-requests",
+        type=int,
+        default=300,
+        help="lengthen low-rate trials to hold this many requests (up to 3x --trial-s)",
+    )
+
+
+# --- model and load ----------------------------------------------------------------------------
+
+
+def prepare_model(
+    args: argparse.Namespace,
+    tmp: Path,
+    texts: list[str],
+    log: Callable[[str], None] = stderr_log,
+) -> tuple[Path, dict[str, Any]]:
+    """The registry to serve and what it holds: `args.registry`, else a demo model in `tmp`.
+
+    `args` needs `registry` and `preset` (see `add_model_args`); the built model's tokenizer
+    is trained on `texts`.
+    """
+    if args.registry is not None:
+        return Path(args.registry), {"kind": "registry", "registry": str(args.registry)}
+    log(f"building a demo-shaped model (preset {args.preset}) ...")
+    began = time.perf_counter()
+    info = build_demo_registry(Path(tmp), texts, args.preset)
+    log(f"  built in {time.perf_counter() - began:.1f} s: {info}")
+    return Path(tmp) / "registry", info
+
+
+def open_loop_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """Keyword arguments for `run_open_loop` from the options (`extra` wins).
+
+    Poisson arrivals always; --texts-per-request only where the script has it, so a script
+    without it sends one text per request.
+    """
+    options: dict[str, Any] = {
+        "connections": args.connections,
+        "timeout_s": args.timeout_s,
+        "arrival": "poisson",
+        "seed": args.seed,
+    }
+    if getattr(args, "texts_per_request", None) is not None:
+        options["texts_per_request"] = args.texts_per_request
+    options.update(extra)
+    return options
+
+
+def warm_up(url: str, texts: list[str], seconds: float, **open_loop_kw: Any) -> None:
+    """Low-rate load, not recorded: opens the generator's connections, first-call paths.
+
+    `open_loop_kw` goes to `run_open_loop` (e.g. `connections`, `path`); the timeout defaults
+    to a lenient WARMUP_TIMEOUT_S.
+    """
+    if seconds > 0:
+        kw = {"timeout_s": WARMUP_TIMEOUT_S, **open_loop_kw}
+        run_open_loop_sync(url, WARMUP_RATE, seconds, texts, **kw)
+
+
+def capacity_search(
+    url: str,
+    texts: list[str],
+    args: argparse.Namespace,
+    *,
+    log: Callable[[str], None] = stderr_log,
+    **measure_kw: Any,
+) -> CapacityResult:
+    """`find_capacity` against the server at `url`, every setting from the options.
+
+    Uses `add_capacity_args`' options; --min-requests and --confirm-failures where the script
+    has them (else 0: trials of --trial-s, no reruns). `measure_kw` goes to
+    `open_loop_measure` over `open_loop_options(args)` (e.g. `path`, `settle_s`). No warm-up:
+    callers warm up first (`warm_up`).
+    """
+    options = {**open_loop_options(args), **measure_kw}
+    measure = open_loop_measure(
+        url,
+        texts,
+        args.trial_s,
+        min_requests=getattr(args, "min_requests", 0),
+        log=log,
+        **options,
+    )
+    return find_capacity(
+        measure,
+        p99_limit_s=args.p99_ms / 1000.0,
+        start_rate=args.start_rate,
+        max_rate=args.max_rate,
+        rel_tolerance=args.rel_tolerance,
+        max_trials=args.max_trials,
+        confirm_failures=getattr(args, "confirm_failures", 0),
+    )
+
+
+def search_arm(
+    name: str,
+    registry: Path,
+    config_path: Path,
+    args: argparse.Namespace,
+    texts: list[str],
+    log: Callable[[str], None] = stderr_log,
+) -> dict[str, Any]:
+    """Start `lmforge serve` with `config_path`, warm it up, find its capacity, stop it.
+
+    Returns the capacity (requests and texts per second), the search's bracket and trials,
+    its duration and the load averages around it. `args` as for `capacity_search`, plus
+    `model` and `warmup_s`.
+    """
+    log(f"[{name}] starting the server ({Path(config_path).name}) ...")
+    with ServerProcess(registry, model=args.model, config_path=config_path) as server:
+        warm_up(server.url, texts, args.warmup_s, connections=args.connections)
+        load_before = load_average()
+        began = time.perf_counter()
+        found = capacity_search(server.url, texts, args, log=log)
+        log(f"[{name}] capacity {found.rate:.1f} req/s (first failing rate {found.lowest_fail})")
+        return {
+            "requests_per_s": round(found.rate, 1),
+            "texts_per_s": round(found.rate * getattr(args, "texts_per_request", 1), 1),
+            **{k: v for k, v in found.summary().items() if k != "rate"},
+            "search_s": round(time.perf_counter() - began, 1),
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+        }
