@@ -189,3 +189,16 @@ def test_invalid_settings(tmp_path):
         ServingStore(tmp_path, max_buffer=0)
     with pytest.raises(ServingStoreError, match="limit"):
         ServingStore(tmp_path).comparisons("m", limit=0)
+
+
+def test_an_unstorable_row_is_dropped_not_retried_forever(tmp_path):
+    store = ServingStore(tmp_path)
+    store.record_assignment("bad", "m", 1, "production", "k\udfff")  # a lone surrogate
+    store.record_assignment("good", "m", 1, "production", "user-1")
+    store.flush()  # must not raise, and must not keep the bad row for the next flush
+    assert store.dropped == 1 and store.pending == 0
+    assert store.record_feedback("good", 1.0).variant == "production"
+    store.record_assignment("later", "m", 1, "canary", None)
+    store.flush()
+    assert store.assignment_counts("m") == {"production": 1, "canary": 1}
+    store.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -42,6 +43,7 @@ from lmforge.serve.middleware import RequestContextMiddleware, request_id_from
 from lmforge.serve.models import ModelPool, ModelRoutes, ModelUnavailable, ServedModel, ServingTable
 from lmforge.serve.routing import (
     RoutingError,
+    RoutingPolicy,
     check_policy_aliases,
     choose_variant,
     parse_policy,
@@ -283,7 +285,7 @@ def _add_admin_routes(app: FastAPI, rt: ServeRuntime) -> None:
 
     @app.put(
         "/v1/admin/models/{name}/routing",
-        openapi_extra=schemas.body(schemas.RoutingBody),
+        openapi_extra=schemas.body(RoutingPolicy),
         responses=schemas.ERRORS,
     )
     async def set_routing(name: str, request: Request) -> JSONResponse:
@@ -564,10 +566,20 @@ def _not_ready_message(rt: ServeRuntime) -> str:
     return "the models are still loading; retry shortly"
 
 
+class _SafeJSONResponse(JSONResponse):
+    """JSON that always renders: a message echoing a client's broken text gets escaped."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
 def _error(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(
+    return _SafeJSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )
 

@@ -311,6 +311,10 @@ class ServingStore:
             comparisons, self._comparisons = self._comparisons, []
         if not assignments and not comparisons:
             return
+        # A row SQLite cannot store (a lone surrogate in a client's key) is dropped here, or it
+        # would go back into the buffer and fail every later flush with it.
+        assignments = self._storable(assignments)
+        comparisons = self._storable(comparisons)
         try:
             with self._transaction() as conn:
                 # OR IGNORE: a retried request id keeps its first assignment
@@ -331,6 +335,15 @@ class ServingStore:
                     self.dropped += max(0, len(merged) - self.max_buffer)
                     setattr(self, attr, merged[: self.max_buffer])
             raise
+
+    def _storable(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        kept = [row for row in rows if all(_encodable(v) for v in row)]
+        if len(kept) != len(rows):
+            self.dropped += len(rows) - len(kept)
+            log.warning(
+                "serving store: dropped %d row(s) with unstorable text", len(rows) - len(kept)
+            )
+        return kept
 
     def prune(self, now: float | None = None) -> int:
         """Delete rows older than `retention_days`; returns how many were deleted."""
@@ -500,3 +513,13 @@ class ServingStore:
             "UNION SELECT model FROM feedback ORDER BY model"
         )
         return [r[0] for r in rows]
+
+
+def _encodable(value: Any) -> bool:
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -17,9 +17,16 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from lmforge.errors import LmforgeError
 
@@ -27,6 +34,10 @@ PRODUCTION = "production"
 CANARY = "canary"
 SHADOW = "shadow"
 _SCALE = float(1 << 64)
+
+
+Alias = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Weight = Annotated[float, Field(gt=0.0, le=1e6, allow_inf_nan=False)]
 
 
 class RoutingError(LmforgeError):
@@ -37,8 +48,11 @@ class RoutingPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     canary_weight: float = Field(0.0, ge=0.0, le=1.0, description="Share sent to `canary`.")
-    ab: dict[str, float] | None = Field(
-        None, description="Alias -> weight of a sticky A/B split (weights are normalised)."
+    ab: dict[Alias, Weight] | None = Field(
+        None,
+        min_length=2,
+        description="Alias -> weight of a sticky A/B split (at least two arms; weights are "
+        "normalised).",
     )
     shadow: bool = Field(True, description="Mirror requests to the `shadow` alias if present.")
 
@@ -47,13 +61,8 @@ class RoutingPolicy(BaseModel):
     def _check_ab(cls, ab: dict[str, float] | None) -> dict[str, float] | None:
         if ab is None:
             return None
-        if len(ab) < 2:
-            raise ValueError(f"an A/B split needs at least two aliases, got {sorted(ab)}")
         if SHADOW in ab:
             raise ValueError("the shadow alias only receives copies; it cannot be an A/B arm")
-        for alias, weight in ab.items():
-            if not weight > 0:
-                raise ValueError(f"weight of {alias!r} must be > 0, got {weight}")
         return ab
 
 

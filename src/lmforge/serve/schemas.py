@@ -54,18 +54,12 @@ class FeedbackResponse(BaseModel):
 
 
 class PromoteBody(Strict):
-    version: int = Field(..., ge=1)
+    version: int = Field(..., ge=1, le=2**62, description="A registered version number.")
     alias: str = Field("production", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class RollbackBody(Strict):
     alias: str = Field("production", min_length=1, max_length=64)
-
-
-class RoutingBody(Strict):
-    canary_weight: float = Field(0.0, ge=0.0, le=1.0)
-    ab: dict[str, float] | None = None
-    shadow: bool = True
 
 
 class ModelInfo(BaseModel):

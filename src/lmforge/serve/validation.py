@@ -8,6 +8,7 @@ with the wrong shape) and a message that names the offending field, index and li
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,8 @@ def parse_json_body(body: bytes, example: str = EXAMPLE) -> Any:
     if not body.strip():
         raise RequestError(400, "invalid_json", f"request body is empty; send JSON like {example}")
     try:
-        return json.loads(body)
+        # Strict UTF-8 first: json.loads(bytes) would let encoded surrogates (CESU-8) through.
+        payload = json.loads(body.decode("utf-8-sig"))
     except RecursionError:
         raise RequestError(400, "invalid_json", "request body JSON is nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:  # ValueError: also over-long int literals
@@ -79,6 +81,40 @@ def parse_json_body(body: bytes, example: str = EXAMPLE) -> Any:
         raise RequestError(
             400, "invalid_json", f"request body is not valid UTF-8 JSON{where}; send {example}"
         ) from None
+    # A \uD800-style escape gives a lone surrogate: valid JSON, but not text (it cannot be
+    # encoded, tokenised or stored). Only bodies with such an escape pay for the full check.
+    if _SURROGATE_ESCAPE.search(body) and _lone_surrogate_or_too_deep(payload):
+        raise RequestError(
+            422,
+            "invalid_text",
+            "the body holds a lone UTF-16 surrogate escape (e.g. \\ud800 without its pair); "
+            "send valid Unicode text",
+        )
+    return payload
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate_or_too_deep(payload: Any) -> bool:
+    try:
+        return _has_lone_surrogate(payload)
+    except RecursionError:
+        return True
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def parse_predict_body(body: bytes, cfg: ServeConfig) -> PredictRequest:
