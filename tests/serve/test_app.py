@@ -216,5 +216,5 @@ def test_missing_model_in_registry_is_a_clear_error(tmp_path):
     from lmforge.serve.models import ModelUnavailable
 
     ModelRegistry(tmp_path / "reg")
-    with pytest.raises(ModelUnavailable, match="no model in the registry .* production alias"):
+    with pytest.raises(ModelUnavailable, match=r"no model in the registry .* production alias"):
         create_app(tmp_path / "reg", LIMITS)

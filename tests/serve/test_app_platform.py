@@ -113,7 +113,9 @@ def test_swap_keeps_in_flight_requests(two_version_registry, admin_key, monkeypa
 
         monkeypatch.setattr(backend, "predict", gated)
         result = {}
-        t = threading.Thread(target=lambda: result.update(r=c.post("/v1/predict", json={"texts": ["x"]})))
+        t = threading.Thread(
+            target=lambda: result.update(r=c.post("/v1/predict", json={"texts": ["x"]}))
+        )
         t.start()
         assert entered.wait(10)
         r = c.post("/v1/admin/models/tiny/promote", json={"version": 2}, headers=admin_key)
@@ -145,7 +147,9 @@ def test_canary_weight_and_sticky_ab(two_version_registry, admin_key):
         assert r.status_code == 200
         seen = {}
         for user in range(40):
-            variants = {_predict(c, ["a"], key=f"user-{user}")["model"]["variant"] for _ in range(3)}
+            variants = {
+                _predict(c, ["a"], key=f"user-{user}")["model"]["variant"] for _ in range(3)
+            }
             assert len(variants) == 1  # sticky: a user stays in one arm
             seen[user] = variants.pop()
         assert set(seen.values()) == {"production", "canary"}
