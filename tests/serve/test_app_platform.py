@@ -279,3 +279,27 @@ def test_openapi_spec_describes_the_api(two_version_registry):
         body = paths["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]
         assert body["schema"]["properties"]["texts"]["type"] == "array"
         assert "/metrics" not in paths
+
+
+def test_sampled_requests_are_traced_with_their_model_call(two_version_registry):
+    cfg = _cfg(tracing={"enabled": True, "sample_ratio": 1.0, "exporter": "memory"})
+    app = create_app(two_version_registry, cfg)
+    with TestClient(app) as c:
+        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        r = c.post("/v1/predict", json={"texts": ["a", "b"]}, headers={"traceparent": parent})
+        assert r.status_code == 200
+        spans = {s.name: s for s in app.state.runtime.tracing.finished_spans()}
+    root = spans["POST /v1/predict"]
+    assert format(root.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    assert root.attributes["http.response.status_code"] == 200
+    assert spans["model"].parent.span_id == root.context.span_id
+    assert spans["cache.get"].attributes["texts"] == 2
+
+
+def test_unsampled_requests_record_nothing(two_version_registry):
+    cfg = _cfg(tracing={"enabled": True, "sample_ratio": 0.0, "exporter": "memory"})
+    app = create_app(two_version_registry, cfg)
+    with TestClient(app) as c:
+        for _ in range(5):
+            _predict(c)
+        assert app.state.runtime.tracing.finished_spans() == []

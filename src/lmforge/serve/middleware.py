@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lmforge.serve.logs import REQUEST_ID
 from lmforge.serve.metrics import ServeMetrics
-from lmforge.serve.tracing import Tracing
+from lmforge.serve.tracing import Tracing, mark_http_status
 
 log = logging.getLogger("lmforge.serve")
 
@@ -66,14 +66,18 @@ class RequestContextMiddleware:
             if self.tracing is None:
                 await self.app(scope, receive, send_with_id)
             else:
-                attributes = {"http.method": scope["method"], "http.target": scope["path"]}
                 with self.tracing.request_span(
-                    f"HTTP {scope['method']}", scope.get("headers"), attributes
+                    f"HTTP {scope['method']}",
+                    scope.get("headers"),
+                    lambda: {"http.method": scope["method"], "http.target": scope["path"]},
                 ) as span:
                     await self.app(scope, receive, send_with_id)
-                    if span.is_recording():
-                        span.set_attribute("http.status_code", status)
+                    if span.is_recording():  # built only for the sampled few
+                        route = _route_label(scope)
+                        span.update_name(f"{scope['method']} {route}")
+                        span.set_attribute("http.route", route)
                         span.set_attribute("lmforge.request_id", request_id)
+                        mark_http_status(span, status)
         except ClientDisconnect:
             status = CLIENT_CLOSED  # nobody is left to answer; not a server fault
         except Exception:
