@@ -46,7 +46,6 @@ import asyncio
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -59,21 +58,25 @@ from urllib.parse import urlsplit
 import httpx
 
 import lmforge
-from lmforge.bench.capacity import find_capacity, open_loop_measure, stderr_log
-from lmforge.bench.openloop import (
-    OpenLoopResult,
-    run_on_fast_loop,
-    run_open_loop,
-    run_open_loop_sync,
-)
+from lmforge.bench.capacity import stderr_log as log
+from lmforge.bench.openloop import OpenLoopResult, run_on_fast_loop, run_open_loop
 from lmforge.bench.server_process import ServerProcess
 from lmforge.bench.serving_setup import (
-    DEMO_MODEL_NAME,
-    build_demo_registry,
+    START_WARMUP_S,
+    add_load_rate_args,
+    add_model_args,
+    add_second_version,
+    latency_stats,
+    load_average,
+    load_rate,
+    merge_open_loop,
+    open_loop_options,
+    parse_with_quick,
+    prepare_registry_copy,
     request_texts,
+    warm_up,
     write_serve_config,
 )
-from lmforge.bench.stats import percentile
 from lmforge.registry import ModelRegistry
 from lmforge.serve.auth import KeyStore
 
@@ -82,72 +85,6 @@ CLI_TIMEOUT_S = 120.0
 ADMIN_TIMEOUT_S = 60.0
 MAX_HEAD_BYTES = 64 * 1024
 QUICK = {"phase_s": 4.0, "window_s": 1.0, "trial_s": 1.5, "max_trials": 5}
-
-
-def log(message: str) -> None:
-    stderr_log(message)
-
-
-# -- registry ----------------------------------------------------------------------------------
-def prepare_registry(
-    args: argparse.Namespace, tmp: Path, texts: list[str]
-) -> tuple[Path, str, dict[str, Any]]:
-    """A registry this run may change (aliases move): a copy of --registry, or a built one."""
-    if args.registry is not None:
-        target = tmp / "registry"
-        # A copy: the benchmark moves aliases, and must never touch the user's production.
-        shutil.copytree(args.registry, target)
-        name = ModelRegistry(target, create=False).resolve(args.model, "production").name
-        return target, name, {"kind": "registry", "registry": str(args.registry)}
-    log(f"building a demo-shaped model (preset {args.preset}) ...")
-    began = time.perf_counter()
-    info = build_demo_registry(tmp, texts, args.preset)
-    log(f"  built in {time.perf_counter() - began:.1f} s")
-    return tmp / "registry", DEMO_MODEL_NAME, info
-
-
-def add_candidate(registry_dir: Path, name: str, seed: int = 1) -> int:
-    """Register a second random init of the production model's shape; its version number."""
-    import torch
-
-    from lmforge.models.encoder import EncoderClassifier
-    from lmforge.models.export import load_model_dir, save_model_dir
-
-    registry = ModelRegistry(registry_dir, create=False)
-    production = registry.resolve(name, "production")
-    model, tokenizer, config = load_model_dir(production.path, quantization=None)
-    torch.manual_seed(seed)
-    fresh = EncoderClassifier(model.config).eval()
-    folder = save_model_dir(
-        registry_dir.parent / f"candidate-seed{seed}", fresh, tokenizer, list(config["labels"])
-    )
-    tags = {"bench": "candidate", "seed": seed}
-    return registry.register(name, folder, metrics={}, tags=tags).version
-
-
-def search_capacity(url: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    measure = open_loop_measure(
-        url,
-        texts,
-        args.trial_s,
-        log=log,
-        connections=args.connections,
-        timeout_s=args.timeout_s,
-        arrival="poisson",
-        seed=args.seed,
-    )
-    found = find_capacity(
-        measure,
-        p99_limit_s=args.p99_ms / 1000.0,
-        start_rate=args.start_rate,
-        max_rate=args.max_rate,
-        rel_tolerance=args.rel_tolerance,
-        max_trials=args.max_trials,
-    )
-    if found.rate <= 0:
-        raise SystemExit(f"no trial met p99 <= {args.p99_ms} ms; lower --start-rate or pass --rate")
-    log(f"capacity {found.rate:.1f} req/s (first failing rate {found.lowest_fail})")
-    return {"requests_per_s": round(found.rate, 1), **found.summary()}
 
 
 # -- the probe ---------------------------------------------------------------------------------
@@ -377,17 +314,6 @@ async def run_commands(
 
 
 # -- analysis ----------------------------------------------------------------------------------
-def latency_stats(latencies_s: list[float]) -> dict[str, float | None]:
-    ordered = sorted(latencies_s)
-    if not ordered:
-        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
-    return {
-        "p50_ms": round(percentile(ordered, 50) * 1000, 3),
-        "p99_ms": round(percentile(ordered, 99) * 1000, 3),
-        "max_ms": round(ordered[-1] * 1000, 3),
-    }
-
-
 def rounded(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -452,26 +378,6 @@ def analyse_command(
     return out
 
 
-def merge(results: list[OpenLoopResult]) -> OpenLoopResult:
-    """Pool back-to-back runs at one rate into one result (counts summed, latencies joined)."""
-    out = OpenLoopResult(rate=results[0].rate, duration_s=0.0)
-    out.connections, out.arrival = results[0].connections, results[0].arrival
-    for r in results:
-        out.duration_s += r.duration_s
-        out.elapsed_s += r.elapsed_s
-        out.scheduled += r.scheduled
-        out.sent += r.sent
-        out.ok += r.ok
-        out.failed += r.failed
-        out.late_sends += r.late_sends
-        out.queued_sends += r.queued_sends
-        out.max_dispatch_lag_s = max(out.max_dispatch_lag_s, r.max_dispatch_lag_s)
-        out.latencies_s.extend(r.latencies_s)
-        for key, n in r.failures.items():
-            out.failures[key] = out.failures.get(key, 0) + n
-    return out
-
-
 # -- the run -----------------------------------------------------------------------------------
 async def drive(
     url: str,
@@ -528,10 +434,11 @@ async def drive(
                     rate,
                     args.phase_s,
                     texts,
-                    connections=args.connections,
-                    timeout_s=args.timeout_s,
-                    seed=args.seed + segment,  # a fresh Poisson draw per segment
-                    on_result=recorder(),
+                    **open_loop_options(
+                        args,
+                        seed=args.seed + segment,  # a fresh Poisson draw per segment
+                        on_result=recorder(),
+                    ),
                 )
             )
         await commands_task
@@ -552,7 +459,7 @@ async def drive(
         and all(c.changed_at is None or abs(s - c.changed_at) > args.window_s for c in commands)
     ]
     probe_failed = [a.status for a in answers if a.status != 200]
-    summary = merge(segments).summary()
+    summary = merge_open_loop(segments).summary()
     return {
         "load": {
             **{k: summary[k] for k in ("rate", "offered_rate", "achieved_rate", "duration_s")},
@@ -581,39 +488,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--registry", type=Path, help="copy this registry (default: build one)")
-    parser.add_argument("--model", help="model name in --registry (default: the only one)")
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "small"])
-    parser.add_argument("--eval", type=Path, help="parquet with a `text` column to send")
-    parser.add_argument("--rate", type=float, help="load rate (default: a share of capacity)")
-    parser.add_argument("--load-fraction", type=float, default=0.5, help="of capacity")
+    add_model_args(parser)  # --registry is copied: the run moves its production alias
+    add_load_rate_args(parser, load_fraction=0.5, timeout_s=5.0)
     parser.add_argument("--phase-s", type=float, default=10.0, help="seconds between commands")
     parser.add_argument("--window-s", type=float, default=2.0, help="'around a switch': +-")
     parser.add_argument("--probe-interval-ms", type=float, default=20.0)
     parser.add_argument("--probe-connections", type=int, default=4)
-    parser.add_argument("--p99-ms", type=float, default=100.0, help="capacity objective")
-    parser.add_argument("--trial-s", type=float, default=4.0, help="seconds per search trial")
-    parser.add_argument("--start-rate", type=float, default=20.0)
-    parser.add_argument("--max-rate", type=float, default=20000.0)
-    parser.add_argument("--rel-tolerance", type=float, default=0.1)
-    parser.add_argument("--max-trials", type=int, default=12)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--timeout-s", type=float, default=5.0, help="per-request timeout")
-    parser.add_argument("--seed", type=int, default=0, help="Poisson arrivals seed")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 4 s phases, 1.5 s search trials (explicit options win)",
     )
-    args = parser.parse_args(argv)
-    if args.quick:  # shorter defaults; options given on the command line keep their values
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    args = parse_with_quick(parser, argv, QUICK)
     if not (args.phase_s > 0 and args.probe_interval_ms > 0 and args.probe_connections >= 1):
         parser.error("--phase-s, --probe-interval-ms and --probe-connections must be positive")
-    if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
-        parser.error("--rate must be a positive number")
-    return args
+    return args  # --rate and --load-fraction are checked by their types
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -621,8 +510,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     texts, texts_from = request_texts(args.eval)
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-rollback-") as tmp_name:
         tmp = Path(tmp_name)
-        registry_dir, name, model_info = prepare_registry(args, tmp, texts)
-        candidate = add_candidate(registry_dir, name)
+        registry_dir, name, model_info = prepare_registry_copy(args, tmp, texts)
+        candidate = add_second_version(registry_dir, name)
         registry = ModelRegistry(registry_dir, create=False)
         baseline = registry.resolve(name, "production").version
         _, admin_key = KeyStore(registry_dir).create("bench-rollback", role="admin")
@@ -630,13 +519,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"starting the server (production v{baseline}, candidate v{candidate}) ...")
         with ServerProcess(registry_dir, model=name, config_path=config_path) as server:
             url = server.url
-            run_open_loop_sync(url, 20.0, 2.0, texts, timeout_s=5.0)  # warm-up, not recorded
-            capacity = None
-            if args.rate is None:
-                capacity = search_capacity(url, texts, args)
-                rate = capacity["requests_per_s"] * args.load_fraction
-            else:
-                rate = args.rate
+            warm_up(url, texts, START_WARMUP_S)  # first calls count in no measurement
+            capacity, rate = load_rate(url, texts, args, log=log)
             admin = f"/v1/admin/models/{name}"
             commands = [
                 Command(
@@ -669,7 +553,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ),
             ]
             log(f"load at {rate:.1f} req/s, a command every {args.phase_s:.0f} s ...")
-            load_before = [round(x, 2) for x in os.getloadavg()]
+            load_before = load_average()
             measured = run_on_fast_loop(drive(url, texts, rate, commands, registry, name, args))
             with httpx.Client(timeout=10.0, trust_env=False) as client:
                 final = client.get(url + "/readyz").json().get("model", {}).get("version")
@@ -693,7 +577,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target_failed_requests": 0,
         "meets_target": failed == 0 and all(s is not None for s in switches),
         "load_average_before": load_before,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "load_average_after": load_average(),
     }
     print(json.dumps(report))
     return report

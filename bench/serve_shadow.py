@@ -32,7 +32,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -41,13 +40,22 @@ from typing import Any
 
 import httpx
 
-from lmforge.bench.capacity import find_capacity, open_loop_measure, stderr_log
+from lmforge.bench.capacity import stderr_log as log
 from lmforge.bench.openloop import OpenLoopResult, run_open_loop_sync
 from lmforge.bench.server_process import ServerProcess
 from lmforge.bench.serving_setup import (
-    DEMO_MODEL_NAME,
-    build_demo_registry,
+    START_WARMUP_S,
+    add_load_rate_args,
+    add_model_args,
+    add_second_version,
+    load_average,
+    load_rate,
+    merge_open_loop,
+    open_loop_options,
+    parse_with_quick,
+    prepare_registry_copy,
     request_texts,
+    warm_up,
     write_serve_config,
 )
 from lmforge.config import ServeConfig
@@ -63,47 +71,6 @@ SHADOW_METRIC = re.compile(
 )
 OUTCOMES = ("compared", "dropped", "failed")
 QUICK = {"round_s": 3.0, "trial_s": 1.5, "warmup_s": 1.0, "settle_s": 0.5, "max_trials": 5}
-
-
-def log(message: str) -> None:
-    stderr_log(message)
-
-
-# -- registry ----------------------------------------------------------------------------------
-def prepare_registry(
-    args: argparse.Namespace, tmp: Path, texts: list[str]
-) -> tuple[Path, str, dict[str, Any]]:
-    """A registry this run may change (aliases move): a copy of --registry, or a built one."""
-    if args.registry is not None:
-        target = tmp / "registry"
-        # A copy: the benchmark moves aliases, and must never touch the user's production.
-        shutil.copytree(args.registry, target)
-        name = ModelRegistry(target, create=False).resolve(args.model, "production").name
-        return target, name, {"kind": "registry", "registry": str(args.registry)}
-    log(f"building a demo-shaped model (preset {args.preset}) ...")
-    began = time.perf_counter()
-    info = build_demo_registry(tmp, texts, args.preset)
-    log(f"  built in {time.perf_counter() - began:.1f} s")
-    return tmp / "registry", DEMO_MODEL_NAME, info
-
-
-def add_candidate(registry_dir: Path, name: str, seed: int = 1) -> int:
-    """Register a second random init of the production model's shape; its version number."""
-    import torch
-
-    from lmforge.models.encoder import EncoderClassifier
-    from lmforge.models.export import load_model_dir, save_model_dir
-
-    registry = ModelRegistry(registry_dir, create=False)
-    production = registry.resolve(name, "production")
-    model, tokenizer, config = load_model_dir(production.path, quantization=None)
-    torch.manual_seed(seed)
-    fresh = EncoderClassifier(model.config).eval()
-    folder = save_model_dir(
-        registry_dir.parent / f"candidate-seed{seed}", fresh, tokenizer, list(config["labels"])
-    )
-    tags = {"bench": "candidate", "seed": seed}
-    return registry.register(name, folder, metrics={}, tags=tags).version
 
 
 # -- server state ------------------------------------------------------------------------------
@@ -162,60 +129,7 @@ def wait_shadow_drained(
         time.sleep(POLL_S * 4)
 
 
-# -- load --------------------------------------------------------------------------------------
-def search_capacity(url: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    measure = open_loop_measure(
-        url,
-        texts,
-        args.trial_s,
-        log=log,
-        connections=args.connections,
-        timeout_s=args.timeout_s,
-        arrival="poisson",
-        seed=args.seed,
-    )
-    began = time.perf_counter()
-    found = find_capacity(
-        measure,
-        p99_limit_s=args.p99_ms / 1000.0,
-        start_rate=args.start_rate,
-        max_rate=args.max_rate,
-        rel_tolerance=args.rel_tolerance,
-        max_trials=args.max_trials,
-    )
-    if found.rate <= 0:
-        raise SystemExit(
-            f"no trial met p99 <= {args.p99_ms} ms even at the lowest rate tried; "
-            "lower --start-rate or raise --p99-ms"
-        )
-    log(f"capacity {found.rate:.1f} req/s (first failing rate {found.lowest_fail})")
-    return {
-        "requests_per_s": round(found.rate, 1),
-        **{k: v for k, v in found.summary().items() if k != "rate"},
-        "search_s": round(time.perf_counter() - began, 1),
-    }
-
-
-def merge(results: list[OpenLoopResult]) -> OpenLoopResult:
-    """Pool several runs at one rate into one result (counts summed, latencies joined)."""
-    out = OpenLoopResult(rate=results[0].rate, duration_s=0.0)
-    out.connections, out.arrival = results[0].connections, results[0].arrival
-    for r in results:
-        out.duration_s += r.duration_s
-        out.elapsed_s += r.elapsed_s
-        out.scheduled += r.scheduled
-        out.sent += r.sent
-        out.ok += r.ok
-        out.failed += r.failed
-        out.late_sends += r.late_sends
-        out.queued_sends += r.queued_sends
-        out.max_dispatch_lag_s = max(out.max_dispatch_lag_s, r.max_dispatch_lag_s)
-        out.latencies_s.extend(r.latencies_s)
-        for key, n in r.failures.items():
-            out.failures[key] = out.failures.get(key, 0) + n
-    return out
-
-
+# -- rounds ------------------------------------------------------------------------------------
 def round_order(rounds: int) -> list[str]:
     """OFF ON | ON OFF | OFF ON ...: alternating, each arm first in half of the pairs."""
     return [arm for i in range(rounds) for arm in (("off", "on") if i % 2 == 0 else ("on", "off"))]
@@ -236,7 +150,7 @@ def run_rounds(
     rate: float,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    load_kw = {"connections": args.connections, "timeout_s": args.timeout_s, "seed": args.seed}
+    load_kw = open_loop_options(args)  # every round: the same Poisson schedule and texts
     arms: dict[str, list[OpenLoopResult]] = {"off": [], "on": []}
     rounds: list[dict[str, Any]] = []
     shadow_total = dict.fromkeys(OUTCOMES, 0)
@@ -275,7 +189,7 @@ def run_rounds(
                 }
             )
         set_shadow(client, url, registry, name, None)
-    summaries = {arm: merge(results).summary() for arm, results in arms.items()}
+    summaries = {arm: merge_open_loop(results).summary() for arm, results in arms.items()}
     mirrored = summaries["on"]["ok"]
     summaries["on"]["shadow"] = {
         **shadow_total,
@@ -290,37 +204,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--registry", type=Path, help="copy this registry (default: build one)")
-    parser.add_argument("--model", help="model name in --registry (default: the only one)")
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "small"])
-    parser.add_argument("--eval", type=Path, help="parquet with a `text` column to send")
-    parser.add_argument("--p99-ms", type=float, default=100.0, help="capacity objective")
-    parser.add_argument("--rate", type=float, help="skip the capacity search: run at this rate")
-    parser.add_argument("--load-fraction", type=float, default=0.7, help="of capacity")
+    add_model_args(parser)  # --registry is copied: the run moves its shadow alias
+    add_load_rate_args(parser, load_fraction=0.7)
     parser.add_argument("--round-s", type=float, default=20.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per arm (>= 2)")
     parser.add_argument("--settle-s", type=float, default=1.0, help="pause before each round")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="shadow-on warm-up load")
     parser.add_argument("--queue-size", type=int, help="serve.shadow.queue_size (default 256)")
-    parser.add_argument("--trial-s", type=float, default=4.0, help="seconds per search trial")
-    parser.add_argument("--start-rate", type=float, default=20.0)
-    parser.add_argument("--max-rate", type=float, default=20000.0)
-    parser.add_argument("--rel-tolerance", type=float, default=0.1)
-    parser.add_argument("--max-trials", type=int, default=12)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--timeout-s", type=float, default=2.0, help="per-request timeout")
-    parser.add_argument("--seed", type=int, default=0, help="Poisson arrivals seed")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 3 s rounds, 1.5 s trials, 5 trials at most (explicit options win)",
     )
-    args = parser.parse_args(argv)
-    if args.quick:  # shorter defaults; options given on the command line keep their values
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
-    if args.rounds < 1 or args.round_s <= 0 or not 0 < args.load_fraction <= 1:
-        parser.error("--rounds >= 1, --round-s > 0 and 0 < --load-fraction <= 1")
+    args = parse_with_quick(parser, argv, QUICK)
+    if args.rounds < 1 or args.round_s <= 0:  # --load-fraction is checked by its type
+        parser.error("--rounds >= 1 and --round-s > 0")
     return args
 
 
@@ -329,8 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     texts, texts_from = request_texts(args.eval)
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-shadow-") as tmp_name:
         tmp = Path(tmp_name)
-        registry_dir, name, model_info = prepare_registry(args, tmp, texts)
-        candidate = add_candidate(registry_dir, name)
+        registry_dir, name, model_info = prepare_registry_copy(args, tmp, texts)
+        candidate = add_second_version(registry_dir, name)
         registry = ModelRegistry(registry_dir, create=False)
         baseline = registry.resolve(name, "production").version
         overrides: dict[str, Any] = {}
@@ -339,15 +237,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config_path = write_serve_config(tmp / "serve.yaml", **overrides)
         log(f"starting the server (live v{baseline}, shadow candidate v{candidate}) ...")
         with ServerProcess(registry_dir, model=name, config_path=config_path) as server:
-            capacity = None
-            if args.rate is None:
-                run_open_loop_sync(server.url, 20.0, 2.0, texts, timeout_s=5.0)  # warm-up
-                capacity = search_capacity(server.url, texts, args)
-                rate = capacity["requests_per_s"] * args.load_fraction
-            else:
-                rate = args.rate
+            if args.rate is None:  # the search's first trial must not pay for first calls
+                warm_up(server.url, texts, START_WARMUP_S)
+            began = time.perf_counter()
+            capacity, rate = load_rate(server.url, texts, args, log=log)
+            if capacity is not None:  # this report's format: no second "rate", the search's time
+                search_s = round(time.perf_counter() - began, 1)
+                capacity = {k: v for k, v in capacity.items() if k != "rate"}
+                capacity["search_s"] = search_s
             log(f"rounds at {rate:.1f} req/s, {args.round_s:.0f} s each ...")
-            load_before = [round(x, 2) for x in os.getloadavg()]
+            load_before = load_average()
             measured = run_rounds(server.url, texts, registry, name, candidate, rate, args)
     off, on = measured["arms"]["off"], measured["arms"]["on"]
     p99_increase = increase_pct(on["p99_ms"], off["p99_ms"])
@@ -375,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "meets_target": p99_increase is not None and p99_increase <= TARGET_P99_INCREASE_PCT,
         "success": round(ok / scheduled, 6) if scheduled else None,
         "load_average_before": load_before,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "load_average_after": load_average(),
     }
     print(json.dumps(report))
     return report

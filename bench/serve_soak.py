@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -38,18 +37,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmforge.bench.capacity import find_capacity, open_loop_measure, stderr_log
+from lmforge.bench.capacity import stderr_log as log
 from lmforge.bench.openloop import run_open_loop_sync
 from lmforge.bench.procstats import RssSampler
 from lmforge.bench.server_process import ServerProcess
 from lmforge.bench.serving_setup import (
-    DEMO_MODEL_NAME,
-    build_demo_registry,
+    START_WARMUP_S,
+    add_load_rate_args,
+    add_model_args,
+    latency_stats,
+    load_average,
+    load_rate,
+    open_loop_options,
+    parse_with_quick,
+    prepare_registry_copy,
     request_texts,
+    warm_up,
     write_serve_config,
 )
-from lmforge.bench.stats import percentile
-from lmforge.registry import ModelRegistry
 
 TARGET_GROWTH_PCT = 10.0
 MIB = 1024 * 1024
@@ -62,51 +67,6 @@ QUICK = {
     "trial_s": 1.5,
     "max_trials": 5,
 }
-
-
-def log(message: str) -> None:
-    stderr_log(message)
-
-
-def prepare_registry(
-    args: argparse.Namespace, tmp: Path, texts: list[str]
-) -> tuple[Path, str, dict[str, Any]]:
-    """A copy of --registry (the server writes its serving store there), or a built one."""
-    if args.registry is not None:
-        target = tmp / "registry"
-        shutil.copytree(args.registry, target)
-        name = ModelRegistry(target, create=False).resolve(args.model, "production").name
-        return target, name, {"kind": "registry", "registry": str(args.registry)}
-    log(f"building a demo-shaped model (preset {args.preset}) ...")
-    began = time.perf_counter()
-    info = build_demo_registry(tmp, texts, args.preset)
-    log(f"  built in {time.perf_counter() - began:.1f} s")
-    return tmp / "registry", DEMO_MODEL_NAME, info
-
-
-def search_capacity(url: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    measure = open_loop_measure(
-        url,
-        texts,
-        args.trial_s,
-        log=log,
-        connections=args.connections,
-        timeout_s=args.timeout_s,
-        arrival="poisson",
-        seed=args.seed,
-    )
-    found = find_capacity(
-        measure,
-        p99_limit_s=args.p99_ms / 1000.0,
-        start_rate=args.start_rate,
-        max_rate=args.max_rate,
-        rel_tolerance=args.rel_tolerance,
-        max_trials=args.max_trials,
-    )
-    if found.rate <= 0:
-        raise SystemExit(f"no trial met p99 <= {args.p99_ms} ms; lower --start-rate or pass --rate")
-    log(f"capacity {found.rate:.1f} req/s (first failing rate {found.lowest_fail})")
-    return {"requests_per_s": round(found.rate, 1), **found.summary()}
 
 
 class Buckets:
@@ -133,7 +93,7 @@ class Buckets:
         rows = []
         for index in sorted(set(self.latencies) | set(self.failures)):
             start, end = index * self.bucket_s, (index + 1) * self.bucket_s
-            lat = sorted(self.latencies.get(index, []))
+            lat = self.latencies.get(index, [])
             in_bucket = [b for t, b in rss if start <= t < end]
             failures = self.failures.get(index, {})
             rows.append(
@@ -143,9 +103,7 @@ class Buckets:
                     "ok": len(lat),
                     "failed": sum(failures.values()),
                     "failures": dict(sorted(failures.items())),
-                    "p50_ms": round(percentile(lat, 50) * 1000, 3) if lat else None,
-                    "p99_ms": round(percentile(lat, 99) * 1000, 3) if lat else None,
-                    "max_ms": round(lat[-1] * 1000, 3) if lat else None,
+                    **latency_stats(lat),
                     "rss_mib": round(statistics.median(in_bucket) / MIB, 1) if in_bucket else None,
                 }
             )
@@ -190,40 +148,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--registry", type=Path, help="copy this registry (default: build one)")
-    parser.add_argument("--model", help="model name in --registry (default: the only one)")
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "small"])
-    parser.add_argument("--eval", type=Path, help="parquet with a `text` column to send")
-    parser.add_argument("--rate", type=float, help="load rate (default: a share of capacity)")
-    parser.add_argument("--load-fraction", type=float, default=0.7, help="of capacity")
+    add_model_args(parser)  # --registry is copied: the server writes its serving store there
+    add_load_rate_args(parser, load_fraction=0.7)
     parser.add_argument("--duration-s", type=float, default=600.0, help="soak after warm-up")
     parser.add_argument("--warmup-s", type=float, default=60.0, help="load before the baseline")
     parser.add_argument("--rss-interval-s", type=float, default=5.0)
     parser.add_argument("--bucket-s", type=float, default=60.0, help="latency per this many s")
-    parser.add_argument("--p99-ms", type=float, default=100.0, help="capacity objective")
-    parser.add_argument("--trial-s", type=float, default=4.0, help="seconds per search trial")
-    parser.add_argument("--start-rate", type=float, default=20.0)
-    parser.add_argument("--max-rate", type=float, default=20000.0)
-    parser.add_argument("--rel-tolerance", type=float, default=0.1)
-    parser.add_argument("--max-trials", type=int, default=12)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--timeout-s", type=float, default=2.0, help="per-request timeout")
-    parser.add_argument("--seed", type=int, default=0, help="Poisson arrivals seed")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 6 s warm-up + 20 s soak, 5 s buckets (explicit options still win)",
     )
-    args = parser.parse_args(argv)
-    if args.quick:  # shorter defaults; options given on the command line keep their values
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
+    args = parse_with_quick(parser, argv, QUICK)
     positive = (args.duration_s, args.warmup_s, args.rss_interval_s, args.bucket_s)
     if not all(math.isfinite(v) and v > 0 for v in positive):
         parser.error("--duration-s, --warmup-s, --rss-interval-s and --bucket-s must be > 0")
-    if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
-        parser.error("--rate must be a positive number")
-    return args
+    return args  # --rate and --load-fraction are checked by their types
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -232,24 +172,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     total_s = args.warmup_s + args.duration_s
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-soak-") as tmp_name:
         tmp = Path(tmp_name)
-        registry_dir, name, model_info = prepare_registry(args, tmp, texts)
+        registry_dir, name, model_info = prepare_registry_copy(args, tmp, texts)
         config_path = write_serve_config(tmp / "serve.yaml")
         log("starting the server ...")
         with ServerProcess(registry_dir, model=name, config_path=config_path) as server:
             assert server.proc is not None
-            run_open_loop_sync(server.url, 20.0, 2.0, texts, timeout_s=5.0)  # warm-up
-            capacity = None
-            if args.rate is None:
-                capacity = search_capacity(server.url, texts, args)
-                rate = capacity["requests_per_s"] * args.load_fraction
-            else:
-                rate = args.rate
+            warm_up(server.url, texts, START_WARMUP_S)  # first calls count in no measurement
+            capacity, rate = load_rate(server.url, texts, args, log=log)
             log(
                 f"soak at {rate:.1f} req/s: {args.warmup_s:.0f} s warm-up + "
                 f"{args.duration_s:.0f} s, RSS every {args.rss_interval_s:g} s ..."
             )
             buckets = Buckets(args.bucket_s)
-            load_before = [round(x, 2) for x in os.getloadavg()]
+            load_before = load_average()
             sampler_t0 = time.monotonic()  # the sampler's clock starts (a few µs) after this
             with RssSampler(server.proc.pid, args.rss_interval_s, include_children=True) as rss:
                 result = run_open_loop_sync(
@@ -257,10 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     rate,
                     total_s,
                     texts,
-                    connections=args.connections,
-                    timeout_s=args.timeout_s,
-                    seed=args.seed,
-                    on_result=buckets,
+                    **open_loop_options(args, on_result=buckets),
                 )
             server_alive = server.proc.poll() is None
     # Sampler times -> seconds since the load's first scheduled send.
@@ -268,12 +200,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     samples = [(t + shift, b) for t, b in rss.samples]
     memory = memory_report(samples, args.warmup_s, total_s, args.rss_interval_s)
     rows = buckets.rows(args.warmup_s, samples)
-    soak_lat = sorted(
+    soak_lat = [
         lat
         for i, lats in buckets.latencies.items()
         if i * args.bucket_s >= args.warmup_s
         for lat in lats
-    )
+    ]
     summary = result.summary()
     growth = memory.get("growth_pct")
     report = {
@@ -296,8 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "soak_latency": {
             "ok": len(soak_lat),
-            "p50_ms": round(percentile(soak_lat, 50) * 1000, 3) if soak_lat else None,
-            "p99_ms": round(percentile(soak_lat, 99) * 1000, 3) if soak_lat else None,
+            **{k: v for k, v in latency_stats(soak_lat).items() if k != "max_ms"},
         },
         "per_bucket": {"bucket_s": args.bucket_s, "rows": rows},
         "memory": memory,
@@ -307,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "meets_growth_target": growth is not None and growth <= TARGET_GROWTH_PCT,
         "meets_target": growth is not None and growth <= TARGET_GROWTH_PCT and result.failed == 0,
         "load_average_before": load_before,
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "load_average_after": load_average(),
     }
     print(json.dumps(report))
     return report

@@ -16,6 +16,7 @@ from types import ModuleType
 
 import pytest
 
+import lmforge.bench.serving_setup as setup
 from lmforge.registry import ModelRegistry
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -53,6 +54,14 @@ def test_serve_shadow_compares_arms(capsys, demo_registry):
     report = bench.main([*argv, "--start-rate", "10", "--max-trials", "2", "--p99-ms", "5000"])
     assert printed_json(capsys) == report
     assert report["capacity"]["requests_per_s"] > 0 and len(report["capacity"]["trials"]) == 2
+    # This report's capacity keeps its own keys: no second "rate", the search's duration.
+    assert list(report["capacity"]) == [
+        "requests_per_s",
+        "capped",
+        "lowest_fail",
+        "trials",
+        "search_s",
+    ]
     assert report["rate"] == pytest.approx(0.7 * report["capacity"]["requests_per_s"], abs=0.1)
     assert report["model"]["live"] == 1 and report["model"]["shadow"] == 2
     assert [r["shadow"] for r in report["rounds"]] == ["off", "on", "on", "off"]
@@ -107,6 +116,22 @@ def test_serve_soak_samples_memory_and_latency(capsys, demo_registry):
     assert sum(r["ok"] + r["failed"] for r in rows) == report["load"]["scheduled"]
     assert report["failures_total"] == 0 and report["server_alive_at_end"] is True
     assert isinstance(report["meets_target"], bool)
+
+
+# -- shared setup ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["serve_shadow", "serve_rollback", "serve_soak"])
+def test_scripts_use_the_shared_setup(name):
+    bench = load_bench(name)
+    # One copy of each helper: the script's name is serving_setup's function.
+    for helper in ("prepare_registry_copy", "load_rate", "add_load_rate_args", "parse_with_quick"):
+        assert getattr(bench, helper) is getattr(setup, helper)
+    if name != "serve_soak":  # the soak serves production alone
+        assert bench.add_second_version is setup.add_second_version
+        assert bench.merge_open_loop is setup.merge_open_loop
+    source = (BENCH / f"{name}.py").read_text(encoding="utf-8")
+    for copied in ("prepare_registry", "add_candidate", "search_capacity", "merge"):
+        assert f"def {copied}(" not in source
+    assert "shutil.copytree(" not in source and "find_capacity(" not in source
 
 
 # -- helpers on made-up data -------------------------------------------------------------------

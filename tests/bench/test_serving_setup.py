@@ -10,19 +10,29 @@ import pyarrow.parquet as pq
 import pytest
 
 import lmforge.bench.serving_setup as setup
+from lmforge.bench.capacity import CapacityResult
 from lmforge.bench.loadgen import default_texts
+from lmforge.bench.openloop import OpenLoopResult
 from lmforge.bench.serving_setup import (
     THREAD_ENV_VARS,
     WARMUP_TIMEOUT_S,
     add_capacity_args,
+    add_load_rate_args,
     add_model_args,
     add_search_args,
+    add_second_version,
     bench_env,
     build_demo_registry,
     capacity_search,
+    copy_registry,
+    latency_stats,
     load_average,
+    load_rate,
+    merge_open_loop,
     open_loop_options,
+    parse_with_quick,
     prepare_model,
+    prepare_registry_copy,
     production_model_dir,
     request_texts,
     search_arm,
@@ -345,3 +355,144 @@ def test_serving_scripts_use_the_shared_setup(name):
     source = (BENCH / f"{name}.py").read_text(encoding="utf-8")
     assert "sys.path.insert" not in source
     assert "from serve_" not in source and "import serve_" not in source
+
+
+# -- runs that change their registry -----------------------------------------------------------
+def test_copy_registry_leaves_the_source_alone(tiny_registry, tmp_path):
+    from lmforge.registry import ModelRegistry
+
+    copied, name = copy_registry(tiny_registry, tmp_path / "run" / "registry")
+    assert copied == tmp_path / "run" / "registry" and name == "tiny"
+    ModelRegistry(copied, create=False).remove_alias("tiny", "production")
+    assert ModelRegistry(tiny_registry, create=False).resolve("tiny").version == 1
+    with pytest.raises(FileExistsError):  # never merged into an existing folder
+        copy_registry(tiny_registry, copied)
+
+
+def test_prepare_registry_copy_copies_a_given_registry(tiny_registry, tmp_path):
+    args = argparse.Namespace(registry=tiny_registry, model="tiny", preset="tiny")
+    registry_dir, name, info = prepare_registry_copy(args, tmp_path / "run", ["a"])
+    assert registry_dir == tmp_path / "run" / "registry" and registry_dir.is_dir()
+    assert name == "tiny"
+    assert info == {"kind": "registry", "registry": str(tiny_registry)}
+
+
+def test_prepare_registry_copy_builds_a_demo_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(setup, "build_demo_registry", lambda root, texts, preset: {"built": 1})
+    args = argparse.Namespace(registry=None, model="ignored", preset="tiny")
+    out = prepare_registry_copy(args, tmp_path, ["a"], log=lambda _: None)
+    assert out == (tmp_path / "registry", setup.DEMO_MODEL_NAME, {"built": 1})
+
+
+def test_add_second_version_is_another_init_of_the_same_shape(tiny_registry, tmp_path):
+    import torch
+
+    from lmforge.models.export import load_model_dir
+    from lmforge.registry import ModelRegistry
+
+    registry_dir, name = copy_registry(tiny_registry, tmp_path / "run" / "registry")
+    assert add_second_version(registry_dir, name) == 2
+    registry = ModelRegistry(registry_dir, create=False)
+    assert registry.resolve(name).version == 1  # production does not move
+    second = registry.get(name, 2)
+    assert second.tags == {"bench": "candidate", "seed": 1}
+    v1, _, cfg1 = load_model_dir(registry.get(name, 1).path, quantization=None)
+    v2, _, cfg2 = load_model_dir(second.path, quantization=None)
+    assert v2.config == v1.config and cfg2["labels"] == cfg1["labels"]
+    w1, w2 = v1.state_dict(), v2.state_dict()
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    # Seeded: a third one from the same seed has v2's weights.
+    assert add_second_version(registry_dir, name) == 3
+    v3, _, _ = load_model_dir(registry.get(name, 3).path, quantization=None)
+    assert all(torch.equal(w2[k], t) for k, t in v3.state_dict().items())
+
+
+# -- load at a share of capacity ---------------------------------------------------------------
+def _load_rate_parser(**defaults) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_load_rate_args(parser, **defaults)
+    parser.add_argument("--phase-s", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true")
+    return parser
+
+
+def test_add_load_rate_args_defaults_and_checks():
+    args = _load_rate_parser(load_fraction=0.5, timeout_s=5.0).parse_args([])
+    assert vars(args) == {
+        "rate": None,
+        "load_fraction": 0.5,
+        "p99_ms": 100.0,
+        "trial_s": 4.0,
+        "start_rate": 20.0,
+        "max_rate": 20000.0,
+        "rel_tolerance": 0.1,
+        "max_trials": 12,
+        "connections": 64,
+        "timeout_s": 5.0,
+        "seed": 0,
+        "phase_s": 10.0,
+        "quick": False,
+    }
+    parser = _load_rate_parser(load_fraction=0.7)
+    assert parser.parse_args(["--rate", "2.5", "--load-fraction", "1"]).rate == 2.5
+    for bad in (["--rate", "0"], ["--rate", "inf"], ["--load-fraction", "0"], ["--rate", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+def test_parse_with_quick_keeps_explicit_options():
+    quick = {"phase_s": 4.0, "trial_s": 1.5}
+    args = parse_with_quick(_load_rate_parser(load_fraction=0.7), ["--trial-s", "3"], quick)
+    assert (args.phase_s, args.trial_s) == (10.0, 3.0)  # no --quick: the quick set is unused
+    argv = ["--quick", "--trial-s", "3"]
+    args = parse_with_quick(_load_rate_parser(load_fraction=0.7), argv, quick)
+    assert (args.phase_s, args.trial_s) == (4.0, 3.0)
+
+
+def test_load_rate_with_a_given_rate_searches_nothing(monkeypatch):
+    monkeypatch.setattr(setup, "capacity_search", lambda *a, **k: pytest.fail("searched"))
+    args = _load_rate_parser(load_fraction=0.7).parse_args(["--rate", "12"])
+    assert load_rate("http://h", ["t"], args) == (None, 12.0)
+
+
+def test_load_rate_takes_a_share_of_the_capacity_found(monkeypatch):
+    found = CapacityResult(rate=123.456, trials=[(123.456, {"p99_ms": 9.0}, True)], capped=True)
+    seen: list[argparse.Namespace] = []
+
+    def fake_search(url, texts, args, log):
+        seen.append(args)
+        return found
+
+    monkeypatch.setattr(setup, "capacity_search", fake_search)
+    args = _load_rate_parser(load_fraction=0.5).parse_args([])
+    logged: list[str] = []
+    capacity, rate = load_rate("http://h", ["t"], args, log=logged.append)
+    assert seen == [args]
+    assert capacity == {"requests_per_s": 123.5, **found.summary()}
+    assert rate == pytest.approx(123.5 * 0.5)  # of the rate as reported
+    assert logged == ["capacity 123.5 req/s (first failing rate None)"]
+    monkeypatch.setattr(setup, "capacity_search", lambda *a, **k: CapacityResult(rate=0.0))
+    with pytest.raises(SystemExit, match=r"no trial met p99 <= 100\.0 ms"):
+        load_rate("http://h", ["t"], args, log=logged.append)
+
+
+# -- results -----------------------------------------------------------------------------------
+def test_merge_open_loop_pools_runs():
+    a = OpenLoopResult(rate=10.0, duration_s=2.0, scheduled=20, sent=20, ok=19, failed=1)
+    a.failures, a.latencies_s, a.max_dispatch_lag_s = {"503": 1}, [0.01, 0.02], 0.004
+    a.connections = 8
+    b = OpenLoopResult(rate=10.0, duration_s=3.0, scheduled=30, sent=29, ok=28, failed=2)
+    b.failures, b.latencies_s, b.late_sends = {"503": 1, "ReadTimeout": 1}, [0.03], 2
+    out = merge_open_loop([a, b])
+    assert (out.rate, out.duration_s, out.connections) == (10.0, 5.0, 8)
+    assert (out.scheduled, out.sent, out.ok, out.failed) == (50, 49, 47, 3)
+    assert out.failures == {"503": 2, "ReadTimeout": 1} and out.late_sends == 2
+    assert out.latencies_s == [0.01, 0.02, 0.03] and out.max_dispatch_lag_s == 0.004
+    assert a.failures == {"503": 1}  # the inputs are left as they were
+    with pytest.raises(ValueError):
+        merge_open_loop([])
+
+
+def test_latency_stats():
+    assert latency_stats([0.003, 0.001, 0.002]) == {"p50_ms": 2.0, "p99_ms": 2.98, "max_ms": 3.0}
+    assert latency_stats([]) == {"p50_ms": None, "p99_ms": None, "max_ms": None}

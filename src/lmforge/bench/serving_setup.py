@@ -24,13 +24,23 @@ same way:
 - `warm_up`, `load_average`, `open_loop_options`;
 - `capacity_search`: one `find_capacity` run against a running server, settings from the
   options; `search_arm`: start a server with a config, search it, stop it.
+
+For benchmarks that change their registry (move aliases, add versions) and load the server at
+a share of its capacity:
+
+- `prepare_registry_copy` / `copy_registry`: a private copy of --registry, or a built model;
+- `add_second_version`: a second random init of production's shape, as the next version;
+- `add_load_rate_args`, `parse_with_quick`, `load_rate`: --rate or --load-fraction x capacity;
+- `merge_open_loop`, `latency_stats`: pooling runs, p50/p99/max of a set of latencies.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,8 +50,9 @@ import yaml
 
 from lmforge.bench.capacity import CapacityResult, find_capacity, open_loop_measure, stderr_log
 from lmforge.bench.loadgen import default_texts, load_eval_texts
-from lmforge.bench.openloop import run_open_loop_sync
+from lmforge.bench.openloop import OpenLoopResult, run_open_loop_sync
 from lmforge.bench.server_process import ServerProcess
+from lmforge.bench.stats import percentile
 from lmforge.errors import ConfigError
 
 REAL_TEXTS_PER_SET = 1000
@@ -57,6 +68,7 @@ THREAD_ENV_VARS = (
 )
 WARMUP_RATE = 20.0  # req/s: low enough for any server, enough to open the connections
 WARMUP_TIMEOUT_S = 5.0  # first calls (allocations) may be slow; the warm-up is not recorded
+START_WARMUP_S = 2.0  # warm-up of a fresh server before its first measured load
 
 
 def shared_data_dir() -> Path | None:
@@ -378,3 +390,187 @@ def search_arm(
             "load_average_before": load_before,
             "load_average_after": load_average(),
         }
+
+
+# --- runs that change their registry, at a share of capacity -----------------------------------
+
+
+def copy_registry(source: Path, target: Path, model: str | None = None) -> tuple[Path, str]:
+    """Copy the registry at `source` to `target` (which must not exist yet).
+
+    Returns the copy and the name of the model to serve there (`model`, else the only one),
+    checked to have a production version. Benchmarks that move aliases, register versions or
+    let the server write its serving store work on a copy: the user's registry is never touched.
+    """
+    from lmforge.registry import ModelRegistry
+
+    copied = Path(shutil.copytree(source, target))
+    name = ModelRegistry(copied, create=False).resolve(model, "production").name
+    return copied, name
+
+
+def prepare_registry_copy(
+    args: argparse.Namespace,
+    tmp: Path,
+    texts: list[str],
+    log: Callable[[str], None] = stderr_log,
+) -> tuple[Path, str, dict[str, Any]]:
+    """A registry this run may change, the model name to serve, and what it holds.
+
+    A copy of `args.registry` in TMP/registry (`copy_registry`), else a demo-shaped model built
+    there (`prepare_model`). `args` needs `registry`, `model` and `preset` (`add_model_args`).
+    """
+    source, info = prepare_model(args, tmp, texts, log=log)
+    if args.registry is None:  # built in tmp for this run: already private
+        return source, DEMO_MODEL_NAME, info
+    registry_dir, name = copy_registry(source, Path(tmp) / "registry", args.model)
+    return registry_dir, name, info
+
+
+def add_second_version(registry_dir: Path, name: str, seed: int = 1) -> int:
+    """Register a random init (`seed`) of the production model's shape as `name`'s next version.
+
+    Same tokenizer, labels and shape, other weights: a candidate that costs what production
+    costs but answers differently, so a switch to it is visible. Its model folder is saved
+    next to the registry (the run's temp folder). Returns the new version number.
+    """
+    import torch
+
+    from lmforge.models.encoder import EncoderClassifier
+    from lmforge.models.export import load_model_dir, save_model_dir
+    from lmforge.registry import ModelRegistry
+
+    registry_dir = Path(registry_dir)
+    registry = ModelRegistry(registry_dir, create=False)
+    production = registry.resolve(name, "production")
+    model, tokenizer, config = load_model_dir(production.path, quantization=None)
+    torch.manual_seed(seed)  # reproducible weights, unlike production's
+    fresh = EncoderClassifier(model.config).eval()
+    folder = save_model_dir(
+        registry_dir.parent / f"candidate-seed{seed}", fresh, tokenizer, list(config["labels"])
+    )
+    tags = {"bench": "candidate", "seed": seed}
+    return registry.register(name, folder, metrics={}, tags=tags).version
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: use a positive number")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text!r}: use a number in (0, 1], e.g. 0.7")
+    return value
+
+
+def add_load_rate_args(
+    parser: argparse.ArgumentParser,
+    *,
+    load_fraction: float,
+    p99_ms: float = 100.0,
+    timeout_s: float = 2.0,
+) -> None:
+    """--rate and --load-fraction, and the options of the capacity search that sets the rate.
+
+    The search options are `add_capacity_args`' without --warmup-s: the scripts using this
+    give --warmup-s a meaning of their own (or none). Per-script defaults are parameters.
+    """
+    parser.add_argument(
+        "--rate",
+        type=positive_number,
+        help="load rate in req/s; skips the capacity search (default: a share of capacity)",
+    )
+    parser.add_argument("--load-fraction", type=fraction, default=load_fraction, help="of capacity")
+    parser.add_argument("--p99-ms", type=float, default=p99_ms, help="capacity objective")
+    parser.add_argument("--trial-s", type=float, default=4.0, help="seconds per search trial")
+    parser.add_argument("--start-rate", type=float, default=20.0)
+    parser.add_argument("--max-rate", type=float, default=20000.0)
+    parser.add_argument("--rel-tolerance", type=float, default=0.1)
+    parser.add_argument("--max-trials", type=int, default=12)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--timeout-s", type=float, default=timeout_s, help="per-request timeout")
+    parser.add_argument("--seed", type=int, default=0, help="Poisson arrivals seed")
+
+
+def parse_with_quick(
+    parser: argparse.ArgumentParser, argv: list[str] | None, quick: dict[str, Any]
+) -> argparse.Namespace:
+    """Parse `argv`; with --quick, parse again over the `quick` defaults.
+
+    A second parse rather than overwriting values, so options given on the command line keep
+    theirs. `parser` must have a `--quick` flag.
+    """
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
+    return args
+
+
+def load_rate(
+    url: str,
+    texts: list[str],
+    args: argparse.Namespace,
+    *,
+    log: Callable[[str], None] = stderr_log,
+) -> tuple[dict[str, Any] | None, float]:
+    """The rate to load at: --rate when given, else --load-fraction x the capacity found.
+
+    The capacity (None with --rate) is `{"requests_per_s": rate to 0.1, **summary()}` of a
+    `capacity_search` with `add_load_rate_args`' options. Exits when no trial passed: a share
+    of nothing is no load. No warm-up: callers warm up first (`warm_up`).
+    """
+    if args.rate is not None:
+        return None, float(args.rate)
+    found = capacity_search(url, texts, args, log=log)
+    if found.rate <= 0:
+        raise SystemExit(
+            f"no trial met p99 <= {args.p99_ms} ms even at the lowest rate tried; "
+            "lower --start-rate, raise --p99-ms or pass --rate"
+        )
+    log(f"capacity {found.rate:.1f} req/s (first failing rate {found.lowest_fail})")
+    capacity = {"requests_per_s": round(found.rate, 1), **found.summary()}
+    return capacity, capacity["requests_per_s"] * args.load_fraction
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+def merge_open_loop(results: list[OpenLoopResult]) -> OpenLoopResult:
+    """Pool several runs at one rate into one result (counts summed, latencies joined)."""
+    if not results:
+        raise ValueError("merge_open_loop needs at least one result")
+    out = OpenLoopResult(rate=results[0].rate, duration_s=0.0)
+    out.connections, out.arrival = results[0].connections, results[0].arrival
+    for r in results:
+        out.duration_s += r.duration_s
+        out.elapsed_s += r.elapsed_s
+        out.scheduled += r.scheduled
+        out.sent += r.sent
+        out.ok += r.ok
+        out.failed += r.failed
+        out.late_sends += r.late_sends
+        out.queued_sends += r.queued_sends
+        out.max_dispatch_lag_s = max(out.max_dispatch_lag_s, r.max_dispatch_lag_s)
+        out.latencies_s.extend(r.latencies_s)
+        for key, n in r.failures.items():
+            out.failures[key] = out.failures.get(key, 0) + n
+    return out
+
+
+def latency_stats(latencies_s: list[float]) -> dict[str, float | None]:
+    """p50/p99/max in ms (rounded to µs) of some latencies in seconds; None for each with none."""
+    ordered = sorted(latencies_s)
+    if not ordered:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    return {
+        "p50_ms": round(percentile(ordered, 50) * 1000, 3),
+        "p99_ms": round(percentile(ordered, 99) * 1000, 3),
+        "max_ms": round(ordered[-1] * 1000, 3),
+    }
