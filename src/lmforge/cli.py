@@ -319,6 +319,8 @@ def serve(
     except ValidationError as exc:
         raise ConfigError(f"--{exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
     registry_dir = Path(registry if registry is not None else Path(cfg.workdir) / "registry")
+    if json_logs:
+        cfg.serve.json_logs = True  # reaches every worker through the config
     if backend == "ray":
         from lmforge.serve.ray_serve import run_ray_serve
 
@@ -332,7 +334,7 @@ def serve(
     else:
         from lmforge.serve.server import run_server
 
-        run_server(registry_dir, cfg.serve, console=console, json_logs=json_logs)
+        run_server(registry_dir, cfg.serve, console=console)
 
 
 @app.command()

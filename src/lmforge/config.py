@@ -387,6 +387,7 @@ class ServeConfig(Section):
         0.2, gt=0.0, description="How often each worker re-reads aliases and routing."
     )
     cors_origins: list[str] = Field(default_factory=list, description="Empty: CORS off.")
+    json_logs: bool = Field(False, description="Log one JSON object per line (request ids).")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)

@@ -111,7 +111,7 @@ def run_server(
     registry_dir = check_registry(registry_dir)
     sock = bind_socket(cfg.host, cfg.port)
     try:
-        if json_logs:
+        if json_logs or cfg.json_logs:
             configure_json_logging()
         app = create_app(registry_dir, cfg)
         port = sock.getsockname()[1]
