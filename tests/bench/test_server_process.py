@@ -20,7 +20,7 @@ def test_server_process_serves_then_stops_cleanly_on_sigterm(tiny_registry):
     with server:
         r = httpx.post(server.url + "/v1/predict", json={"texts": ["hello"]}, timeout=10)
         assert r.status_code == 200
-        assert r.json()["model"] == {"name": "tiny", "version": 1}
+        assert r.json()["model"] == {"name": "tiny", "version": 1, "variant": "production"}
         proc = server.proc
     assert proc.returncode == 0, server.last_output  # SIGTERM drains and exits 0
     assert "server stopped" in server.last_output
