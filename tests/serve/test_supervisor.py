@@ -593,6 +593,31 @@ def test_crash_loop_backs_off_and_is_reported(tiny_registry, tmp_path):
 
 
 @pytest.mark.timeout(180)
+def test_kills_in_quick_succession_are_served_by_spares_without_backoff(tiny_registry, tmp_path):
+    # Killing from outside looks like a crash loop to the streak counter, but a ready spare
+    # needs no process start, so it takes over at once instead of waiting out a backoff.
+    with Supervised(tiny_registry, workers=1, log_dir=tmp_path / "logs") as sup:
+        sup.wait_ready()
+        for round_ in range(3):
+            wait_until(
+                lambda: ((sup.status() or {}).get("spare") or {}).get("ready") is True,
+                60.0,
+                f"spare ready before kill {round_ + 1}",
+            )
+            pid = sup.worker_pids()[0]
+            os.kill(pid, signal.SIGKILL)
+
+            def back(pid: int = pid) -> dict[str, Any] | None:
+                w = ((sup.status() or {}).get("workers") or [{}])[0]
+                return w if w.get("pid") not in (None, pid) and w.get("state") == "ready" else None
+
+            worker = wait_until(back, 30.0, f"replacement {round_ + 1}")
+            assert worker["last_restart_via"] == "spare", worker
+            assert worker["last_restart_s"] < 0.5, worker
+        assert worker["crash_streak"] == 3  # counted, but it did not slow the takeover
+
+
+@pytest.mark.timeout(180)
 def test_worker_that_cannot_start_stops_the_supervisor_with_its_log(tmp_path, tiny_model_dir):
     import shutil
 

@@ -510,6 +510,12 @@ class Supervisor:
         new: WorkerProcess | None = None
         via = "respawn"
         while not self.draining:  # until a replacement is ready (or shutdown)
+            # A ready spare costs no process start, so the crash-loop backoff (which limits
+            # starts) does not apply to it: a worker killed from outside is replaced at once.
+            new = await self._take_spare()
+            if new is not None:
+                via = "spare"
+                break
             delay = backoff_delay(slot.crash_streak)
             if delay:
                 slot.state = "backoff"
@@ -524,7 +530,7 @@ class Supervisor:
                     return
             slot.state = "restarting"
             new = await self._take_spare()
-            if new is not None:
+            if new is not None:  # one may have become ready during the backoff
                 via = "spare"
                 break
             via = "respawn"
