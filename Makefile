@@ -39,9 +39,9 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-# The tests also cover the optional engines (Ray, Hugging Face, ONNX Runtime, Redis).
+# The tests also cover the optional engines (Ray, Hugging Face, ONNX Runtime, Redis, PostgreSQL).
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[dev,ray,hf,onnx,redis]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray,hf,onnx,redis,postgres]'
 	@touch $(TEST_STAMP)
 
 test: lint $(TEST_STAMP)

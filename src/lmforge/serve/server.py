@@ -8,6 +8,7 @@ the check and the start.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import socket
 import threading
@@ -20,6 +21,7 @@ from rich.console import Console
 
 from lmforge.config import ServeConfig
 from lmforge.errors import LmforgeError
+from lmforge.registry import URL_ENV
 
 GRACEFUL_SHUTDOWN_S = 10
 
@@ -31,6 +33,8 @@ class ServeError(LmforgeError):
 def check_registry(registry_dir: Path) -> Path:
     """The registry folder, or an error that says how to create one."""
     registry_dir = Path(registry_dir)
+    if os.environ.get(URL_ENV):
+        return registry_dir  # metadata in a database; ModelRegistry checks its tables
     if not (registry_dir / "registry.sqlite").is_file():
         raise ServeError(
             f"no model registry at {registry_dir.resolve()} (missing registry.sqlite); "
