@@ -2,7 +2,7 @@
 
 import unicodedata
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lmforge.data.steps.normalize import normalize_text
@@ -42,6 +42,7 @@ INVISIBLE = set("\u00ad\u2060\ufeff") | {chr(c) for c in range(0x200B, 0x2010)}
 
 @FAST
 @given(text=messy_without_entities, strip_markup=st.booleans())
+@example(text="e\u0301\xa1\xa1", strip_markup=False)  # mojibake spelled with a combining mark
 def test_normalising_twice_is_normalising_once(text, strip_markup):
     once, _ = normalize_text(text, strip_markup)
     assert normalize_text(once, strip_markup)[0] == once

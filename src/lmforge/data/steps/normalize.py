@@ -49,6 +49,11 @@ def _normalize_once(text: str, strip_markup: bool) -> tuple[str, list[str]]:
     """Mojibake is repaired first: NFKC would rewrite some of the garbled characters
     ("¼" -> "1⁄4") and make the original bytes unrecoverable."""
     fixes = []
+    # Composed first: "e" + U+0301 is the cp1252 byte "é" only once composed, so mojibake
+    # spelled with combining marks would otherwise surface (and be repaired) a pass later.
+    if not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+        fixes.append("nfkc")
     repaired = repair_mojibake(text)
     if repaired != text:
         fixes.append("mojibake_repaired")
