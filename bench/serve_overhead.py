@@ -15,6 +15,11 @@ machine, one run. Four ways to answer a single-text classification request:
 - fastapi:   a minimal FastAPI app written below (one POST /v1/predict, pydantic body, the
              backend's predict run in FastAPI's threadpool, no batching), on uvicorn with the
              options lmforge uses (httptools + uvloop, 1 process), in a child process;
+- floor:     the least any HTTP server with a model thread can add, written below: a bare ASGI
+             callable (no framework, no validation, no metrics) on the same uvicorn options,
+             json.loads the body, runs `backend.predict` on one model thread, json.dumps the
+             answer. It is measured in the latency phase only: lmforge's added p50 minus the
+             floor's is what lmforge's own code costs;
 - ray_serve: a Ray Serve deployment written below, 1 replica, `@serve.batch(max_batch_size=32,
              batch_wait_timeout_s=0.002)` calling the model on each batch (in a thread, so the
              replica's event loop keeps accepting requests, as lmforge's engine does), under
@@ -140,6 +145,44 @@ def minimal_fastapi_app(model_dir: Path, threads: int) -> Any:
     return app
 
 
+# --- the floor: a bare ASGI callable with one model thread (floor arm) -------------------------
+
+
+def floor_asgi_app(model_dir: Path, threads: int) -> Any:
+    """POST PATH only: parse, predict on one model thread, answer. Nothing else."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lmforge.serve.backends import load_backend
+
+    backend = load_backend(model_dir, "torch", threads)
+    model_thread = ThreadPoolExecutor(max_workers=1)
+
+    async def app(scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"] + ".complete"  # startup or shutdown
+                await send({"type": kind})
+                if message["type"] == "lifespan.shutdown":
+                    model_thread.shutdown(wait=False)
+                    return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        texts = json.loads(body)["texts"]
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(model_thread, backend.predict, texts)
+        data = json.dumps({"predictions": rows}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    return app
+
+
 # --- the Ray Serve deployment (ray_serve arm) ---------------------------------------------------
 
 
@@ -200,11 +243,15 @@ def _watch_parent(on_gone: Callable[[], None]) -> None:
 
 
 def run_fastapi_child(args: argparse.Namespace) -> None:
+    """The fastapi or the floor arm (args.child) on uvicorn with lmforge's options."""
     import uvicorn
 
     from lmforge.serve.server import bind_socket
 
-    app = minimal_fastapi_app(args.model_dir, args.threads)
+    if args.child == "floor":
+        app = floor_asgi_app(args.model_dir, args.threads)
+    else:
+        app = minimal_fastapi_app(args.model_dir, args.threads)
     sock = bind_socket("127.0.0.1", 0)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -575,12 +622,16 @@ def overhead_breakdown(latency: dict[str, Any]) -> dict[str, Any] | None:
     app = latency["app_in_process"]["p50_ms"]
     no_delay = latency["app_in_process_no_delay"]["p50_ms"]
     server = latency["lmforge"]["p50_ms"]
+    floor = latency["floor"]["p50_ms"]
     return {
+        "floor_http_and_model_thread_ms": round(floor - bare, 3),
+        "lmforge_over_floor_ms": round(server - floor, 3),
         "http_uvicorn_loopback_client_ms": round(server - app, 3),
         "batch_timer_wait_ms": round(app - no_delay, 3),
         "app_without_batch_timer_ms": round(no_delay - bare, 3),
-        "note": "differences of p50s: server - app in-process, app - app with "
-        "max_queue_delay_ms 0, that app - bare model call",
+        "note": "differences of p50s: floor server - bare model call, lmforge server - floor "
+        "server, lmforge server - app in-process, app - app with max_queue_delay_ms 0, that "
+        "app - bare model call",
     }
 
 
@@ -718,7 +769,11 @@ def running_servers(
             *("--ray-max-ongoing", str(args.ray_max_ongoing)),
             *("--ray-temp-dir", str(ray_temp)),
         ]
-        children = [("fastapi", common, None), ("ray_serve", ray_args, ray_temp)]
+        children = [
+            ("fastapi", common, None),
+            ("floor", common, None),
+            ("ray_serve", ray_args, ray_temp),
+        ]
         for kind, extra, cleanup in children:
             log(f"starting {kind} ...")
             began = time.perf_counter()
@@ -775,7 +830,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in ARMS_HTTP:
                 warm_up(urls[name], texts, args.warmup_s, **_open_loop_kw(args))
             saturation = measure_saturation(urls, texts, rate, args)
-    per_arm: dict[str, Any] = {"bare": {"sequential": latency["bare"]}}
+    per_arm: dict[str, Any] = {
+        "bare": {"sequential": latency["bare"]},
+        "floor": {
+            "sequential_p50_ms": latency["floor"]["p50_ms"],
+            "sequential_p99_ms": latency["floor"]["p99_ms"],
+            "added_p50_ms": latency["floor"]["added_p50_ms"],
+            "paired_added_p50_ms": latency["floor"]["paired_added_p50_ms"],
+        },
+    }
     for name in ARMS_HTTP:
         per_arm[name] = {
             "saturation_requests_per_s": saturation[name]["requests_per_s"],
@@ -905,7 +968,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ray-num-cpus", type=int, default=2, help="ray.init(num_cpus=...)")
     parser.add_argument("--ray-max-ongoing", type=int, default=2 * RAY_BATCH_SIZE)
     # Internal: this script re-run as the FastAPI or Ray Serve server.
-    parser.add_argument("--child", choices=["fastapi", "ray_serve"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=["fastapi", "floor", "ray_serve"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ray-temp-dir", type=Path, help=argparse.SUPPRESS)
@@ -924,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Before torch is imported anywhere in this process: its pools read these at import.
     os.environ.update(bench_env(args.threads))
-    if args.child == "fastapi":
+    if args.child in ("fastapi", "floor"):
         run_fastapi_child(args)
         return 0
     if args.child == "ray_serve":

@@ -74,6 +74,28 @@ def test_module_entry_point_runs():
     assert proc.returncode == 0 and "demo" in proc.stdout
 
 
+def test_importing_the_cli_leaves_heavy_modules_out():
+    # Every command pays for what `lmforge.cli` imports at startup; `registry list` and
+    # `keys create` must not wait for the run config (pydantic), the registry (SQLAlchemy),
+    # the server or torch. A fresh interpreter: this test process has them all loaded.
+    heavy = (
+        "torch",
+        "pandas",
+        "sklearn",
+        "sqlalchemy",
+        "yaml",
+        "lmforge.config",
+        "lmforge.registry",
+        "lmforge.serve.server",
+        "lmforge.serve.app",
+    )
+    code = f"import sys, lmforge.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "[]"
+
+
 def test_a_file_where_the_run_folder_should_be_is_one_line(tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")

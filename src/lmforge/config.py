@@ -328,6 +328,17 @@ class ShadowConfig(Section):
         256, ge=1, description="Requests waiting for the shadow model; more are dropped."
     )
     sample: float = Field(1.0, ge=0.0, le=1.0, description="Share of requests mirrored.")
+    isolate: bool = Field(
+        True,
+        description="Run the shadow model in its own process at idle CPU priority, so it "
+        "only uses CPU that live traffic leaves free (false: a thread in the server).",
+    )
+    threads: int = Field(1, ge=1, description="Intra-op threads of the isolated shadow model.")
+    cpus: list[int] | None = Field(
+        None,
+        description="Pin the isolated shadow model to these CPU numbers (Linux), e.g. cores "
+        "the live workers do not use.",
+    )
 
 
 class TracingConfig(Section):

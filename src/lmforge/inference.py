@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from lmforge.errors import LmforgeError
 from lmforge.models.encoder import EncoderClassifier
 from lmforge.models.export import load_model_dir
+from lmforge.text.length_batches import prediction_rows, probs_by_length
 from lmforge.text.tokenizer import encode_texts, pad_batch
 
 
@@ -64,32 +65,22 @@ class TextClassifier:
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Class probabilities, float32 [N, C], rows in the order of `texts`."""
-        if isinstance(texts, str):
-            raise LmforgeError("predict_proba takes a list of texts, not one string; wrap it")
-        if batch_size < 1:
-            raise LmforgeError(f"batch_size={batch_size}: use at least 1")
-        n = len(texts)
-        out = np.zeros((n, len(self.labels)), dtype=np.float32)
-        if n == 0:
-            return out
-        ids = encode_texts(self.tokenizer, texts, self.max_len)
-        # Batches of similar length waste less compute on padding; rows go back in place.
-        order = sorted(range(n), key=lambda i: len(ids[i]))
+
+        def forward(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            logits = self.model(torch.from_numpy(input_ids), torch.from_numpy(mask))
+            return torch.softmax(logits.float(), dim=-1).numpy()
+
         with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                rows = order[start : start + batch_size]
-                input_ids, mask = pad_batch([ids[i] for i in rows], self.pad_id)
-                logits = self.model(torch.from_numpy(input_ids), torch.from_numpy(mask))
-                out[rows] = torch.softmax(logits.float(), dim=-1).numpy()  # (B, C)
-        return out
+            return probs_by_length(
+                self.tokenizer,
+                texts,
+                max_len=self.max_len,
+                pad_id=self.pad_id,
+                n_classes=len(self.labels),
+                forward=forward,
+                batch_size=batch_size,
+            )
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
         """One `{"label": str, "probs": {label: float}}` per text."""
-        probs = self.predict_proba(texts, batch_size=batch_size)
-        return [
-            {
-                "label": self.labels[int(row.argmax())],
-                "probs": {label: float(p) for label, p in zip(self.labels, row, strict=True)},
-            }
-            for row in probs
-        ]
+        return prediction_rows(self.labels, self.predict_proba(texts, batch_size=batch_size))

@@ -11,13 +11,15 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from lmforge.config import RunConfig
 from lmforge.errors import LmforgeError
 from lmforge.workspace import Workspace, hash_inputs
+
+if TYPE_CHECKING:  # annotations only: the CLI imports STAGE_NAMES without pydantic's cost
+    from lmforge.config import RunConfig
 
 
 @dataclass

@@ -74,6 +74,16 @@ def test_serve_shadow_compares_arms(capsys, demo_registry):
     assert on["ok"] <= shadow["compared"] + shadow["dropped"] + shadow["failed"] <= on["sent"]
     off_rounds = [r for r in report["rounds"] if r["shadow"] == "off"]
     assert all(sum(r["shadow_copies"].values()) == 0 for r in off_rounds)
+    # The A/A figure: the two off rounds against each other, pooled as the arms are.
+    noise = report["aa_noise"]
+    assert noise["p99_ms"] == [r["p99_ms"] for r in off_rounds]
+    assert noise["p99_change_pct"] == bench.increase_pct(*noise["p99_ms"][::-1])
+    on_rounds = [r["p99_ms"] for r in report["rounds"] if r["shadow"] == "on"]
+    assert on["round_p99_ms"] == sorted(on_rounds)
+    assert report["shadow_model"] == "own process, idle priority"
+    medians = report["median_round_p99_ms"]
+    assert medians["on"] == pytest.approx(sum(on_rounds) / 2)  # two rounds: their mean
+    assert report["shadow_sample"] == 1.0
     assert isinstance(report["p99_increase_pct"], float)
     assert isinstance(report["meets_target"], bool) and report["target_p99_increase_pct"] == 5.0
     assert 0.99 <= report["success"] <= 1.0

@@ -1,6 +1,9 @@
 """The serving platform through its HTTP API, in process: routing, admin, shadow, feedback,
 cache, auth, overload and deadlines. Real models, real registry, real SQLite."""
 
+import gc
+import os
+import sys
 import threading
 import time
 
@@ -11,6 +14,7 @@ from lmforge.config import ServeConfig
 from lmforge.registry import ModelRegistry
 from lmforge.serve import create_app
 from lmforge.serve.auth import KeyStore
+from lmforge.serve.isolated import IsolatedBackend
 
 TEXTS = ["The box arrived broken.", "这个套餐每个月多少钱？", "Great phone, love it."]
 
@@ -172,6 +176,25 @@ def test_shadow_gets_copies_that_never_change_answers(two_version_registry, admi
         assert "psi_max_prob" in report["drift"]
         metrics = c.get("/metrics").text
         assert 'lmforge_shadow_total{model="tiny",outcome="compared"} 20.0' in metrics
+        # The shadow model ran in its own process, at idle priority (serve.shadow.isolate).
+        backend = app.state.runtime.table.routes["tiny"].shadow.backend
+        assert isinstance(backend, IsolatedBackend)
+        pid = backend.pid
+        assert pid is not None and pid != os.getpid()
+        if sys.platform.startswith("linux"):
+            assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    assert backend.pid is None  # shutting the server down stopped it
+
+
+def test_shadow_can_run_in_the_server_process(two_version_registry):
+    ModelRegistry(two_version_registry).set_alias("tiny", "shadow", 2)
+    app = create_app(two_version_registry, _cfg(shadow={"isolate": False}))
+    with TestClient(app) as c:
+        for i in range(5):
+            _predict(c, [f"text number {i}"])
+        _wait_for(lambda: app.state.runtime.shadow.stats["compared"] >= 5)
+        backend = app.state.runtime.table.routes["tiny"].shadow.backend
+        assert not isinstance(backend, IsolatedBackend)
 
 
 def test_feedback_feeds_the_ab_report(two_version_registry, admin_key):
@@ -303,3 +326,21 @@ def test_unsampled_requests_record_nothing(two_version_registry):
         for _ in range(5):
             _predict(c)
         assert app.state.runtime.tracing.finished_spans() == []
+
+
+def test_a_serving_process_freezes_its_startup_heap(two_version_registry):
+    # run_server and Ray replicas build the app with freeze_gc=True: once the models are in,
+    # full collections skip everything alive (they took ~0.3 s each, the live p99).
+    gc.unfreeze()
+    app = create_app(two_version_registry, _cfg(), freeze_gc=True)
+    try:
+        with TestClient(app) as c:
+            assert gc.get_freeze_count() > 10_000
+            frozen = gc.get_freeze_count()
+            _predict(c)
+            assert len(gc.get_objects()) < frozen  # a full pass now sees only what is new
+    finally:
+        gc.unfreeze()
+    with TestClient(create_app(two_version_registry, _cfg())) as c:  # embedded: left alone
+        _predict(c)
+        assert gc.get_freeze_count() == 0

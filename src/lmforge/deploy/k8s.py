@@ -10,18 +10,19 @@ the lot and `kustomize` overlays can patch it:
     pvc.yaml          the registry volume (only with registry_volume="pvc")
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: typer evaluates string annotations on every run.
 import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-import yaml
 
 from lmforge.errors import LmforgeError
-from lmforge.serve.server import GRACEFUL_SHUTDOWN_S
+
+# yaml and lmforge.serve.server (the whole serving stack, SQLAlchemy included) are imported
+# where the manifests are built: `lmforge` mounts this module's CLI, and every other command
+# (`lmforge registry list`, ...) would otherwise pay for them at startup.
 
 RegistryVolume = Literal["pvc", "hostpath", "emptydir"]
 REGISTRY_VOLUMES: tuple[str, ...] = ("pvc", "hostpath", "emptydir")
@@ -369,6 +370,8 @@ def _deployment(
                 "volumeMounts": [{"name": "registry", "mountPath": registry_path}],
             }
         )
+    from lmforge.serve.server import GRACEFUL_SHUTDOWN_S
+
     pod_spec: dict[str, Any] = {
         # Covers the preStop sleep, the server's drain and a margin for the process to exit.
         "terminationGracePeriodSeconds": PRESTOP_SLEEP_S + GRACEFUL_SHUTDOWN_S + 15,
@@ -538,6 +541,8 @@ def write_k8s_manifests(out_dir: Path, **kw: Any) -> list[Path]:
 
 
 def _dump(obj: dict[str, Any]) -> str:
+    import yaml
+
     return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 

@@ -38,6 +38,8 @@ from lmforge.serve.auth import ApiKey, KeyStore, RateLimiter, presented_key
 from lmforge.serve.cache import PredictionCache, cache_key, make_cache
 from lmforge.serve.comparisons import FeedbackError, ServingStore
 from lmforge.serve.engine import DeadlineExceeded, EngineStopped, Overloaded
+from lmforge.serve.fast_path import DEFAULT_PATH, MODEL_TEMPLATE, PredictFastPath
+from lmforge.serve.heap import freeze_heap
 from lmforge.serve.metrics import CONTENT_TYPE, ServeMetrics
 from lmforge.serve.middleware import RequestContextMiddleware, request_id_from
 from lmforge.serve.models import ModelPool, ModelRoutes, ModelUnavailable, ServedModel, ServingTable
@@ -92,16 +94,24 @@ class ServeRuntime:
         return self.table.ready
 
 
-def create_app(registry_dir: Path, cfg: ServeConfig, preload: bool = True) -> FastAPI:
+def create_app(
+    registry_dir: Path, cfg: ServeConfig, preload: bool = True, freeze_gc: bool = False
+) -> FastAPI:
     """Build the app for the registry's models.
 
     With `preload` (the default) the models load now, so a broken model fails before the port
     opens. Without it, loading happens in the background after startup: /healthz answers at
     once and /readyz turns 200 when the models are in.
+
+    `freeze_gc` is for a process that exists to serve this app (`lmforge serve`, a worker, a
+    Ray replica): once the models are in, every object alive is frozen out of the garbage
+    collector's full passes (see `lmforge.serve.heap`), and so is what each later model load
+    builds. Left off for an app embedded in another program (tests, notebooks), whose own
+    objects it would freeze too.
     """
     registry = ModelRegistry(Path(registry_dir), create=False)
     metrics = ServeMetrics()
-    pool = ModelPool(cfg, metrics)
+    pool = ModelPool(cfg, metrics, freeze_gc=freeze_gc)
     table = ServingTable(registry, pool, cfg.model)
     if preload:
         table.load_initial()
@@ -134,6 +144,8 @@ def create_app(registry_dir: Path, cfg: ServeConfig, preload: bool = True) -> Fa
         tasks: list[asyncio.Task[Any]] = []
         if preload:
             await table.refresh(force=True)
+            if freeze_gc:
+                freeze_heap("startup")
             metrics.ready.set(1)
         else:
             tasks.append(asyncio.create_task(_first_load(runtime)))
@@ -169,6 +181,14 @@ def create_app(registry_dir: Path, cfg: ServeConfig, preload: bool = True) -> Fa
         openapi_url="/openapi.json",
     )
     app.state.runtime = runtime
+    predict_routes: dict[str, Any] = {}  # filled below, once the routes exist
+    # Innermost first: the fast path runs inside CORS and the request context (ids, metrics).
+    app.add_middleware(
+        PredictFastPath,
+        handler=lambda request, name: _predict(runtime, request, name),
+        routes=predict_routes,
+        error_handlers=app.exception_handlers,  # the same dict _add_error_handlers fills
+    )
     if cfg.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -177,6 +197,11 @@ def create_app(registry_dir: Path, cfg: ServeConfig, preload: bool = True) -> Fa
     _add_error_handlers(app)
     _add_public_routes(app, runtime)
     _add_admin_routes(app, runtime)
+    predict_routes.update(
+        (route.path, route)
+        for route in app.router.routes
+        if getattr(route, "path", None) in (DEFAULT_PATH, MODEL_TEMPLATE)
+    )
     return app
 
 
@@ -511,6 +536,8 @@ async def _first_load(rt: ServeRuntime) -> None:
         rt.load_error = f"{type(exc).__name__}: {exc}"
         log.error("loading the models failed: %s", rt.load_error)
         return
+    if rt.pool.freeze_gc:
+        freeze_heap("startup")
     rt.metrics.ready.set(1)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from lmforge.errors import LmforgeError
+from lmforge.text.length_batches import prediction_rows, probs_by_length
 
 BACKEND_KINDS = ("auto", "torch", "onnx")
 ONNX_FILE = "model.onnx"
@@ -46,16 +47,6 @@ def default_threads(workers: int = 1) -> int:
     if workers < 1:
         raise BackendError(f"workers={workers}: use 1 or more")
     return max(1, (os.cpu_count() or 1) // workers)
-
-
-def _rows(labels: list[str], probs: np.ndarray) -> list[dict[str, Any]]:
-    return [
-        {
-            "label": labels[int(row.argmax())],
-            "probs": {label: float(p) for label, p in zip(labels, row, strict=True)},
-        }
-        for row in probs
-    ]
 
 
 class TorchBackend:
@@ -94,30 +85,26 @@ class OnnxBackend:
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Class probabilities, float32 [N, C], rows in the order of `texts`."""
-        from lmforge.text.tokenizer import encode_texts, pad_batch
 
-        if isinstance(texts, str):
-            raise BackendError("predict takes a list of texts, not one string; wrap it")
-        if batch_size < 1:
-            raise BackendError(f"batch_size={batch_size}: use at least 1")
-        n = len(texts)
-        out = np.zeros((n, len(self.labels)), dtype=np.float32)
-        if n == 0:
-            return out
-        ids = encode_texts(self.tokenizer, texts, self.max_len)
-        # As TextClassifier: similar lengths share a batch (less padding); rows go back in place.
-        order = sorted(range(n), key=lambda i: len(ids[i]))
-        for start in range(0, n, batch_size):
-            rows = order[start : start + batch_size]
-            input_ids, mask = pad_batch([ids[i] for i in rows], self.pad_id)
+        def forward(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
             (logits,) = self.session.run(
                 ["logits"], {"input_ids": input_ids, "attention_mask": mask}
             )
-            out[rows] = _softmax(logits.astype(np.float32, copy=False))
-        return out
+            return _softmax(logits.astype(np.float32, copy=False))
+
+        return probs_by_length(
+            self.tokenizer,
+            texts,
+            max_len=self.max_len,
+            pad_id=self.pad_id,
+            n_classes=len(self.labels),
+            forward=forward,
+            batch_size=batch_size,
+            error=BackendError,
+        )
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
-        return _rows(self.labels, self.predict_proba(texts, batch_size=batch_size))
+        return prediction_rows(self.labels, self.predict_proba(texts, batch_size=batch_size))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

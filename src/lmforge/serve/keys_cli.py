@@ -4,8 +4,7 @@ Mounted by the main CLI (`app.add_typer(keys_app, name="keys")`); errors are rai
 `AuthError` so the main entry point prints them as one `error:` line and exits with 2.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: typer evaluates string annotations on every run.
 import datetime as dt
 from pathlib import Path
 from typing import Annotated, Any

@@ -25,6 +25,8 @@ from lmforge.errors import LmforgeError
 from lmforge.registry import ModelRegistry, ModelVersion, RegistryError, ServingSnapshot
 from lmforge.serve.backends import Backend, default_threads, load_backend
 from lmforge.serve.engine import BatchEngine
+from lmforge.serve.heap import freeze_heap
+from lmforge.serve.isolated import IsolatedBackend
 from lmforge.serve.metrics import ServeMetrics
 from lmforge.serve.routing import (
     PRODUCTION,
@@ -91,8 +93,16 @@ class ModelRoutes:
 class ModelPool:
     """Loads versions on demand; keeps `keep_warm` unneeded ones for instant rollbacks."""
 
-    def __init__(self, cfg: ServeConfig, metrics: ServeMetrics, keep_warm: int = 2) -> None:
+    def __init__(
+        self,
+        cfg: ServeConfig,
+        metrics: ServeMetrics,
+        keep_warm: int = 2,
+        *,
+        freeze_gc: bool = False,
+    ) -> None:
         self.cfg = cfg
+        self.freeze_gc = freeze_gc  # see create_app
         self.metrics = metrics
         self.keep_warm = keep_warm
         self._models: OrderedDict[Key, ServedModel] = OrderedDict()
@@ -103,7 +113,7 @@ class ModelPool:
         """Load a backend synchronously (before the event loop runs); engine starts later."""
         key = (mv.name, mv.version, lane)
         if key not in self._models:
-            self._models[key] = ServedModel(mv, self._load_backend(mv), lane)
+            self._models[key] = ServedModel(mv, self._load_backend(mv, lane), lane)
         return self._models[key]
 
     async def get(self, mv: ModelVersion, lane: str = LIVE) -> ServedModel:
@@ -126,17 +136,35 @@ class ModelPool:
         return served
 
     async def _load(self, mv: ModelVersion, lane: str) -> ServedModel:
-        backend = await asyncio.to_thread(self._load_backend, mv)
+        backend = await asyncio.to_thread(self._load_backend, mv, lane)
+        # What the load built lives as long as the model: keep full collections off it. No
+        # collect() first: requests are being served, and that pass is the pause to avoid.
+        if self.freeze_gc:
+            freeze_heap(f"loading {mv.name} v{mv.version}", collect=False)
         return ServedModel(mv, backend, lane)
 
-    def _load_backend(self, mv: ModelVersion) -> Backend:
+    def _load_backend(self, mv: ModelVersion, lane: str = LIVE) -> Backend:
         started = time.perf_counter()
-        backend = load_backend(Path(mv.path), self.cfg.backend.kind, self._threads)
+        where = "in process"
+        if lane == SHADOW_LANE and self.cfg.shadow.isolate:
+            # Its own process at idle priority: the shadow cannot take CPU or the GIL from
+            # live requests (see lmforge.serve.isolated).
+            backend: Backend = IsolatedBackend(
+                Path(mv.path),
+                self.cfg.backend.kind,
+                self.cfg.shadow.threads,
+                cpus=self.cfg.shadow.cpus,
+            )
+            where = f"in process {backend.pid} at {backend.priority} priority"
+        else:
+            backend = load_backend(Path(mv.path), self.cfg.backend.kind, self._threads)
         log.info(
-            "loaded %s v%d (%s) in %.2f s",
+            "loaded %s v%d (%s, %s lane, %s) in %.2f s",
             mv.name,
             mv.version,
             backend.kind,
+            lane,
+            where,
             time.perf_counter() - started,
         )
         return backend
@@ -176,6 +204,7 @@ class ModelPool:
         if served.engine is not None:
             await served.engine.stop(drain_s=DRAIN_S)
             served.engine = None
+        await _close_backend(served)
         if served.lane == LIVE:
             self.metrics.model_unloaded(
                 served.name, served.number, served.backend.kind, served.backend.quantization
@@ -193,6 +222,14 @@ class ModelPool:
             *(s.engine.stop(drain_s=drain_s) for s in models if s.engine is not None),
             return_exceptions=True,
         )
+        await asyncio.gather(*(_close_backend(s) for s in models), return_exceptions=True)
+
+
+async def _close_backend(served: ServedModel) -> None:
+    """Stop what a backend runs outside this process (the isolated shadow's child)."""
+    close = getattr(served.backend, "close", None)
+    if close is not None:
+        await asyncio.to_thread(close)
 
 
 class ServingTable:

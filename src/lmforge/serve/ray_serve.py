@@ -103,7 +103,7 @@ class LmforgeReplica:
 
         from lmforge.serve.app import create_app
 
-        app = create_app(self._registry_dir, self._cfg)
+        app = create_app(self._registry_dir, self._cfg, freeze_gc=True)
         replica = serve.get_replica_context().replica_id.unique_id
         app.add_middleware(_ReplicaHeaders, replica=replica, pid=os.getpid())
         self._app = app

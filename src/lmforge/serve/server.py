@@ -117,7 +117,7 @@ def run_server(
     try:
         if json_logs or cfg.json_logs:
             configure_json_logging()
-        app = create_app(registry_dir, cfg)
+        app = create_app(registry_dir, cfg, freeze_gc=True)
         port = sock.getsockname()[1]
         shown_host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
         console.print(
