@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -179,6 +180,7 @@ def create_app(
         docs_url=None,  # the Swagger UI loads assets from a CDN; the spec itself is served
         redoc_url=None,
         openapi_url="/openapi.json",
+        **_no_framework_telemetry(),
     )
     app.state.runtime = runtime
     predict_routes: dict[str, Any] = {}  # filled below, once the routes exist
@@ -203,6 +205,15 @@ def create_app(
         if getattr(route, "path", None) in (DEFAULT_PATH, MODEL_TEMPLATE)
     )
     return app
+
+
+def _no_framework_telemetry() -> dict[str, Any]:
+    """FastAPI >= 0.16x can trace and meter every request itself through a global OpenTelemetry
+    provider; lmforge does both its own way (sampled spans, Prometheus), so turn that off
+    rather than record every request twice. Older FastAPI has no such option."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
 # -- routes -----------------------------------------------------------------------------------

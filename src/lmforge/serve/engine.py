@@ -230,17 +230,16 @@ class BatchEngine:
         self._queued_texts += len(texts)
         self._in_flight += 1
         self._wake()
+        # The deadline is a timer that fails `fut` (a plain await: no waiter future or extra
+        # loop pass per request, as asyncio.wait would add). A batch that finishes later skips
+        # the done future; the batch itself is untouched.
+        timer = asyncio.get_running_loop().call_later(
+            max(0.0, deadline - time.monotonic()), self._expire, req
+        )
         try:
-            # asyncio.wait never cancels `fut`: a caller timing out leaves the batch untouched.
-            done, _ = await asyncio.wait({fut}, timeout=max(0.0, deadline - time.monotonic()))
-            if done:
-                return fut.result()
-            where = "queued" if req.queued else "the model was running"
-            raise DeadlineExceeded(
-                f"model {self._name!r}: request of {len(texts)} texts missed its "
-                f"{req.timeout_s * 1000:.0f} ms deadline while {where}"
-            )
+            return await fut
         finally:
+            timer.cancel()
             # Timed out or cancelled (client gone): free its queue space, and mark the future
             # done so the batcher skips it and no unretrieved exception is logged.
             self._in_flight -= 1
@@ -253,6 +252,17 @@ class BatchEngine:
     def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
+
+    def _expire(self, req: _Request) -> None:
+        if req.future.done():
+            return
+        where = "queued" if req.queued else "the model was running"
+        req.future.set_exception(
+            DeadlineExceeded(
+                f"model {self._name!r}: request of {len(req.texts)} texts missed its "
+                f"{req.timeout_s * 1000:.0f} ms deadline while {where}"
+            )
+        )
 
     def _dequeue(self, req: _Request) -> None:
         if req.queued:
