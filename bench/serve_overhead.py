@@ -38,9 +38,10 @@ Phases:
    in --rounds rounds (rotating order), every arm sending the same texts in the same order, so
    noise from other work on the machine hits all arms alike. Reported: p50/p99 per arm and
    **added p50 = lmforge p50 - bare p50 (target <= 1 ms)**. Breakdown (unless --no-breakdown):
-   lmforge's ASGI app called in-process (no socket, no HTTP parsing) with the same config, and
-   again with max_queue_delay_ms = 0, separates the HTTP layer, the batch timer and the rest of
-   the app.
+   lmforge's ASGI app called in-process (no socket, no HTTP parsing) with the same config (and,
+   when that config sets a batch timer, again with max_queue_delay_ms = 0) separates the HTTP
+   layer, the batch timer and the rest of the app; the floor arm separates what any server
+   with a model thread pays from what lmforge's own code adds.
 2. Capacity (unless --no-capacity): `lmforge.bench.capacity.find_capacity` per server, the
    highest Poisson open-loop rate with p99 <= --p99-ms and success >= 99.9 % (--trial-s per
    trial). Searches run one server after another (a search cannot be interleaved).
@@ -591,9 +592,12 @@ def measure_latency(
 
         # A copy of the registry: the in-process apps must not share the server's state files.
         serve_cfg = load_config(config_path).serve
-        no_delay = serve_cfg.model_copy(deep=True)
-        no_delay.batching.max_queue_delay_ms = 0.0
-        for name, cfg in (("app_in_process", serve_cfg), ("app_in_process_no_delay", no_delay)):
+        variants = [("app_in_process", serve_cfg)]
+        if serve_cfg.batching.max_queue_delay_ms > 0:  # else the same app twice
+            no_delay = serve_cfg.model_copy(deep=True)
+            no_delay.batching.max_queue_delay_ms = 0.0
+            variants.append(("app_in_process_no_delay", no_delay))
+        for name, cfg in variants:
             copy = shutil.copytree(registry, workdir / f"registry-{name}")
             apps[name] = create_app(copy, cfg)
     rounds = max(1, args.rounds)
@@ -620,7 +624,8 @@ def overhead_breakdown(latency: dict[str, Any]) -> dict[str, Any] | None:
         return None
     bare = latency["bare"]["p50_ms"]
     app = latency["app_in_process"]["p50_ms"]
-    no_delay = latency["app_in_process_no_delay"]["p50_ms"]
+    # With no batch timer configured there is no second app: the timer costs nothing.
+    no_delay = latency.get("app_in_process_no_delay", latency["app_in_process"])["p50_ms"]
     server = latency["lmforge"]["p50_ms"]
     floor = latency["floor"]["p50_ms"]
     return {
