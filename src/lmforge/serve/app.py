@@ -145,9 +145,7 @@ def create_app(
         tasks: list[asyncio.Task[Any]] = []
         if preload:
             await table.refresh(force=True)
-            if freeze_gc:
-                freeze_heap("startup")
-            metrics.ready.set(1)
+            _mark_loaded(runtime)
         else:
             tasks.append(asyncio.create_task(_first_load(runtime)))
         store.start_background_flush()
@@ -547,6 +545,11 @@ async def _first_load(rt: ServeRuntime) -> None:
         rt.load_error = f"{type(exc).__name__}: {exc}"
         log.error("loading the models failed: %s", rt.load_error)
         return
+    _mark_loaded(rt)
+
+
+def _mark_loaded(rt: ServeRuntime) -> None:
+    """The first models are in: freeze the heap (a serving process only), report ready."""
     if rt.pool.freeze_gc:
         freeze_heap("startup")
     rt.metrics.ready.set(1)

@@ -3,8 +3,9 @@
 The shadow model must never slow live answers. A thread in the server cannot promise that:
 tokenisation and the Python parts of the forward pass hold the GIL, and the live request
 path waits for it however low the thread's OS priority is. `IsolatedBackend` therefore loads
-the model in its own process, scheduled `SCHED_IDLE` on Linux (`nice 19` elsewhere), so it
-runs on CPU that live traffic leaves free and is preempted as soon as a live thread wakes.
+the model in its own process, scheduled `SCHED_IDLE` on Linux (`nice 19` elsewhere), so a
+live thread that wakes preempts it. Its compute is still not free on a small machine: it
+shares the cores, caches and memory bandwidth (docs/serving.md gives the measured cost).
 The server only writes the texts to a pipe and reads the answers back, and the thread that
 waits on the pipe holds no GIL.
 

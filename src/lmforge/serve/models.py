@@ -147,8 +147,8 @@ class ModelPool:
         started = time.perf_counter()
         where = "in process"
         if lane == SHADOW_LANE and self.cfg.shadow.isolate:
-            # Its own process at idle priority: the shadow cannot take CPU or the GIL from
-            # live requests (see lmforge.serve.isolated).
+            # Its own process at idle priority: the shadow never holds this process's GIL and
+            # yields the CPU to live threads (see lmforge.serve.isolated).
             backend: Backend = IsolatedBackend(
                 Path(mv.path),
                 self.cfg.backend.kind,
